@@ -1,0 +1,81 @@
+"""freeze-sweeps strategies: layer discovery, freezing strategies and the optimizer bookkeeping that makes a freeze
+hold. This package does not import :mod:`sweeps`; it can be used in any training loop::
+
+    layer_map = discover_layers(model)
+    strategy = build_strategy("bottom_n", {"n": 4})
+    strategy.check(layer_map)
+    ctl = FreezeController(model, layer_map, make_optimizer_factory("adamw"), base_lr=2e-5, weight_decay=0.01)
+    ctl.apply(strategy.plan(layer_map, epoch=0, step=0))
+    optimizer = ctl.optimizer
+"""
+
+from strategies.base import (
+    Composite,
+    GroupSetting,
+    Plan,
+    Strategy,
+    StrategyConfigError,
+    embedding_side,
+    frozen_prefix_depth,
+    uniform_plan,
+)
+from strategies.inspect import describe, format_table
+from strategies.layers import (
+    EMBEDDINGS,
+    HEAD,
+    OTHER,
+    LayerDiscoveryError,
+    LayerGroup,
+    LayerMap,
+    LayerSpec,
+    discover_layers,
+    layer_name,
+)
+from strategies.optim import (
+    FreezeController,
+    FreezeVerifier,
+    FrozenParameterChanged,
+    checksum,
+    make_optimizer_factory,
+)
+from strategies.registry import (
+    UnknownStrategyError,
+    available,
+    build_strategy,
+    param_defaults,
+    register,
+    resolve,
+)
+
+__all__ = [
+    "EMBEDDINGS",
+    "HEAD",
+    "OTHER",
+    "Composite",
+    "FreezeController",
+    "FreezeVerifier",
+    "FrozenParameterChanged",
+    "GroupSetting",
+    "LayerDiscoveryError",
+    "LayerGroup",
+    "LayerMap",
+    "LayerSpec",
+    "Plan",
+    "Strategy",
+    "StrategyConfigError",
+    "UnknownStrategyError",
+    "available",
+    "build_strategy",
+    "checksum",
+    "describe",
+    "discover_layers",
+    "embedding_side",
+    "format_table",
+    "frozen_prefix_depth",
+    "layer_name",
+    "make_optimizer_factory",
+    "param_defaults",
+    "register",
+    "resolve",
+    "uniform_plan",
+]

@@ -1,0 +1,159 @@
+"""The strategy interface: a few hooks, no magic (in the spirit of Lightning's ``BaseFinetuning``).
+
+A strategy is a small dataclass whose fields are its hyperparameters (the values Optuna searches). It answers one
+question — *at this point of training, which layer groups are frozen and at what learning-rate multiplier?* — as a
+:data:`Plan`. It never touches the model or the optimizer: :class:`strategies.optim.FreezeController` applies plans,
+so the hard parts (optimizer state, weight decay, checksums) are written once and tested once.
+
+Hooks a strategy may implement:
+
+``check(layer_map)``
+    Validate the hyperparameters against the model before training (e.g. ``n`` ≤ number of layers). Raise
+    :class:`StrategyConfigError` naming the field.
+``plan(layer_map, epoch, step)``
+    Required. The plan at the start of ``epoch`` (0-based) / global optimizer ``step``. Called at every epoch start and,
+    when ``stepwise`` is true, before every optimizer step; the controller applies it only when it changed.
+``schedule_end(layer_map)``
+    The epoch from which the plan no longer changes (0 for static strategies). The sweep runner does not prune a
+    trial before this epoch, so gradual unfreezing is not judged while its lower layers are still frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from strategies.layers import EMBEDDINGS, HEAD, OTHER, LayerMap
+
+
+class StrategyConfigError(ValueError):
+    """A strategy hyperparameter is invalid for this model. ``field`` names the hyperparameter."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.detail = message
+
+
+@dataclass(frozen=True)
+class GroupSetting:
+    """What a plan says about one layer group."""
+
+    frozen: bool = False
+    lr_multiplier: float = 1.0
+
+
+Plan = dict[str, GroupSetting]
+"""Layer-group name → setting. Every group of the layer map appears exactly once."""
+
+
+def uniform_plan(layer_map: LayerMap, frozen: set[str] = frozenset(), multipliers: dict[str, float] | None = None) -> Plan:
+    """A plan with ``frozen`` groups frozen and the given multipliers (default 1.0) elsewhere."""
+    multipliers = multipliers or {}
+    return {
+        name: GroupSetting(frozen=name in frozen, lr_multiplier=multipliers.get(name, 1.0)) for name in layer_map.names
+    }
+
+
+def embedding_side(layer_map: LayerMap) -> set[str]:
+    """The embeddings group plus ``other`` (shared inputs that every block reads, such as DeBERTa's relative
+    position embeddings): built-in strategies freeze and scale them together."""
+    return {name for name in (EMBEDDINGS, OTHER) if name in layer_map.names}
+
+
+def frozen_prefix_depth(plan: Plan, layer_map: LayerMap) -> int | None:
+    """How many of the lowest blocks are frozen *together with* the embedding side, or ``None`` when any embedding-side
+    group trains. This is the part of the network whose output can be cached: nothing below it ever changes."""
+    if any(not plan[name].frozen for name in embedding_side(layer_map)):
+        return None
+    depth = 0
+    for i in range(layer_map.num_layers):
+        if not plan[f"layer.{i}"].frozen:
+            break
+        depth += 1
+    return depth
+
+
+class Strategy(ABC):
+    """Base class of all strategies. Subclasses are dataclasses; their fields are the hyperparameters."""
+
+    name: ClassVar[str]
+    stepwise: ClassVar[bool] = False
+
+    def check(self, layer_map: LayerMap) -> None:  # noqa: B027 - optional hook
+        """Validate hyperparameters against the model; raise :class:`StrategyConfigError`."""
+
+    @abstractmethod
+    def plan(self, layer_map: LayerMap, epoch: int, step: int) -> Plan:
+        """Return the plan in force at ``epoch`` / ``step``."""
+
+    def schedule_end(self, layer_map: LayerMap) -> int:
+        """First epoch from which the plan no longer changes."""
+        return 0
+
+    def params(self) -> dict[str, Any]:
+        """The hyperparameters as a plain dict (logged to MLflow)."""
+        return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+
+    @classmethod
+    def param_defaults(cls) -> dict[str, Any]:
+        """Hyperparameter names and defaults (``dataclasses.MISSING`` for required ones)."""
+        if not dataclasses.is_dataclass(cls):
+            return {}
+        return {
+            f.name: (f.default if f.default is not dataclasses.MISSING else dataclasses.MISSING)
+            for f in dataclasses.fields(cls)
+        }
+
+
+@dataclass
+class Composite(Strategy):
+    """Several strategies at once, e.g. ``bottom_n+discriminative``: a group is frozen if any part freezes it, and its
+    multiplier is the product of the parts' multipliers."""
+
+    parts: tuple[Strategy, ...] = ()
+    name: ClassVar[str] = "composite"
+
+    def __post_init__(self) -> None:
+        self.stepwise = any(p.stepwise for p in self.parts)  # type: ignore[misc]
+
+    def check(self, layer_map: LayerMap) -> None:
+        for part in self.parts:
+            part.check(layer_map)
+
+    def plan(self, layer_map: LayerMap, epoch: int, step: int) -> Plan:
+        plans = [p.plan(layer_map, epoch, step) for p in self.parts]
+        merged: Plan = {}
+        for name in layer_map.names:
+            frozen = any(plan[name].frozen for plan in plans)
+            mult = 1.0
+            for plan in plans:
+                mult *= plan[name].lr_multiplier
+            merged[name] = GroupSetting(frozen=frozen, lr_multiplier=mult)
+        return merged
+
+    def schedule_end(self, layer_map: LayerMap) -> int:
+        return max((p.schedule_end(layer_map) for p in self.parts), default=0)
+
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for part in self.parts:
+            out.update(part.params())
+        return out
+
+
+__all__ = [
+    "EMBEDDINGS",
+    "HEAD",
+    "OTHER",
+    "Composite",
+    "GroupSetting",
+    "Plan",
+    "Strategy",
+    "StrategyConfigError",
+    "embedding_side",
+    "frozen_prefix_depth",
+    "uniform_plan",
+]

@@ -1,0 +1,35 @@
+"""``discriminative``: layer-wise learning rates (ULMFiT's discriminative fine-tuning, a.k.a. layer-wise LR decay).
+
+Nothing is frozen. The head trains at the base LR; block ``i`` of ``L`` at ``base × decay^(L − i) / head_lr_ratio``;
+the embedding side one step lower than block 0. ``decay: 1`` with ``head_lr_ratio: 50`` is the common two-group
+"body at LR/50, head at LR" setup. Every group's LR is logged (``lr/<group>``), not just the first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from strategies.base import Plan, Strategy, StrategyConfigError, embedding_side, uniform_plan
+from strategies.layers import HEAD, LayerMap, layer_name
+
+
+@dataclass
+class Discriminative(Strategy):
+    decay: float = 0.9
+    head_lr_ratio: float = 1.0
+    name: ClassVar[str] = "discriminative"
+
+    def check(self, layer_map: LayerMap) -> None:
+        if not 0.0 < float(self.decay) <= 1.0:
+            raise StrategyConfigError("decay", f"must be in (0, 1], got {self.decay!r}")
+        if not float(self.head_lr_ratio) > 0.0:
+            raise StrategyConfigError("head_lr_ratio", f"must be > 0, got {self.head_lr_ratio!r}")
+
+    def plan(self, layer_map: LayerMap, epoch: int, step: int) -> Plan:
+        depth = layer_map.num_layers
+        mults = {layer_name(i): self.decay ** (depth - i) / self.head_lr_ratio for i in range(depth)}
+        for name in embedding_side(layer_map):
+            mults[name] = self.decay ** (depth + 1) / self.head_lr_ratio
+        mults[HEAD] = 1.0
+        return uniform_plan(layer_map, multipliers=mults)

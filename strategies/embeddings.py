@@ -1,0 +1,21 @@
+"""``embeddings``: freeze the embedding side (token/position embeddings and shared inputs), train every block.
+
+Common when the training set is small: the vocabulary's embeddings of rare tokens are not pulled around by a few
+thousand examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from strategies.base import Plan, Strategy, embedding_side, uniform_plan
+from strategies.layers import LayerMap
+
+
+@dataclass
+class FreezeEmbeddings(Strategy):
+    name: ClassVar[str] = "embeddings"
+
+    def plan(self, layer_map: LayerMap, epoch: int, step: int) -> Plan:
+        return uniform_plan(layer_map, frozen=embedding_side(layer_map))

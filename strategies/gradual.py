@@ -1,0 +1,64 @@
+"""``gradual``: ULMFiT-style gradual unfreezing.
+
+Training starts with the embedding side and the ``start_frozen`` lowest blocks frozen (default: all blocks, so only
+the head trains). Every ``unfreeze_every`` epochs (or optimizer steps, with ``unit: step``) the top
+``groups_per_step`` frozen groups are unfrozen, top-down; the embedding side comes last, and only if
+``unfreeze_embeddings``. Each unfreeze adds the groups to the optimizer as *fresh* parameter groups (see
+:mod:`strategies.optim`): no stale momentum from before they were frozen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from strategies.base import Plan, Strategy, StrategyConfigError, embedding_side, uniform_plan
+from strategies.bottom_n import check_layer_count
+from strategies.layers import LayerMap, layer_name
+
+
+@dataclass
+class Gradual(Strategy):
+    unfreeze_every: int = 1
+    groups_per_step: int = 1
+    start_frozen: int | None = None
+    unit: str = "epoch"
+    unfreeze_embeddings: bool = True
+    name: ClassVar[str] = "gradual"
+
+    def __post_init__(self) -> None:
+        self.stepwise = self.unit == "step"  # type: ignore[misc]
+
+    def check(self, layer_map: LayerMap) -> None:
+        for field in ("unfreeze_every", "groups_per_step"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise StrategyConfigError(field, f"must be an integer ≥ 1, got {value!r}")
+        if self.start_frozen is not None:
+            check_layer_count("start_frozen", self.start_frozen, layer_map)
+        if self.unit not in ("epoch", "step"):
+            raise StrategyConfigError("unit", f"must be 'epoch' or 'step', got {self.unit!r}")
+
+    def _stack(self, layer_map: LayerMap) -> list[set[str]]:
+        """Frozen groups bottom-up at the start; each entry is unfrozen as one unit."""
+        depth = layer_map.num_layers if self.start_frozen is None else self.start_frozen
+        stack = [{layer_name(i)} for i in range(depth)]
+        emb = embedding_side(layer_map)
+        return [emb, *stack] if emb else stack
+
+    def plan(self, layer_map: LayerMap, epoch: int, step: int) -> Plan:
+        stack = self._stack(layer_map)
+        clock = epoch if self.unit == "epoch" else step
+        unfrozen = (clock // self.unfreeze_every) * self.groups_per_step
+        keep = max(len(stack) - unfrozen, 0)
+        if not self.unfreeze_embeddings and stack and stack[0] == embedding_side(layer_map):
+            keep = max(keep, 1)
+        frozen = set().union(*stack[:keep]) if keep else set()
+        return uniform_plan(layer_map, frozen=frozen)
+
+    def schedule_end(self, layer_map: LayerMap) -> int:
+        if self.unit != "epoch":
+            return 0  # step schedules finish within the first epochs; the runner cannot know steps per epoch here
+        stages = math.ceil(len(self._stack(layer_map)) / self.groups_per_step)
+        return stages * self.unfreeze_every

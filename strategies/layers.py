@@ -1,0 +1,336 @@
+"""Layer discovery: map a model onto ordered layer groups, structurally.
+
+Every strategy speaks in *layer groups*: ``embeddings``, ``layer.0`` … ``layer.{L-1}`` (bottom to top), ``head``
+(everything above the last block: final norm, pooler, classifier) and ``other`` (parameters that belong to none, for
+example DeBERTa's relative position embeddings that every layer reads). Each parameter lands in exactly one group.
+
+Groups are found by *module paths* resolved with :meth:`torch.nn.Module.get_submodule`, never by substring tests on
+parameter names: ``"layer.1"`` is a prefix of ``layer.10`` and ``layer.11``, which is how hand-written freezing code
+silently freezes the wrong blocks. The rules, in order of precedence:
+
+1. an explicit :class:`LayerSpec` (from the study file's ``layers:`` section);
+2. a small table of known layouts (``KNOWN_LAYOUTS``), keyed by the transformers ``config.model_type`` or the
+   presence of attribute paths (torchvision ResNets);
+3. a structural fallback: the longest ``nn.ModuleList`` whose children are all of one type (the block stack).
+
+Once the block stack is known, the remaining modules are sorted by their place in the module tree: at each ancestor
+of the stack, children registered *before* it are the embedding side and children registered *after* it are the head
+side. This one rule covers BERT (``bert.embeddings`` / ``bert.pooler`` + ``classifier``), GPT-2 (``wte``, ``wpe`` /
+``ln_f`` + ``score``), Llama (``embed_tokens`` / ``norm`` + ``score``) and a user's ``nn.Module`` with an
+``nn.Sequential`` head whose children are named ``0``, ``1``, ``2``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from torch import nn
+
+EMBEDDINGS = "embeddings"
+HEAD = "head"
+OTHER = "other"
+
+
+class LayerDiscoveryError(ValueError):
+    """The model's layer groups could not be found; the message says how to declare them explicitly."""
+
+
+def layer_name(index: int) -> str:
+    """Group name of block ``index`` (0 = the block nearest the input)."""
+    return f"layer.{index}"
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """An explicit grouping, as written in a study file's ``layers:`` section.
+
+    ``layers`` is either one path to an ``nn.ModuleList``/``nn.Sequential`` of blocks or an ordered list of block
+    paths (bottom first). ``embeddings``, ``head`` and ``other`` list module paths; modules not listed are sorted by
+    the before/after rule described in the module docstring.
+    """
+
+    layers: str | Sequence[str]
+    embeddings: Sequence[str] = ()
+    head: Sequence[str] = ()
+    other: Sequence[str] = ()
+
+
+# Known layouts. Paths are relative to the model root. ``layers`` names the block stack; ``other`` lists modules that
+# sit beside the stack but feed every block (so they are neither the embedding side nor the head side).
+KNOWN_LAYOUTS: dict[str, LayerSpec] = {
+    "bert": LayerSpec(layers="bert.encoder.layer"),
+    "roberta": LayerSpec(layers="roberta.encoder.layer"),
+    "xlm-roberta": LayerSpec(layers="roberta.encoder.layer"),
+    "electra": LayerSpec(layers="electra.encoder.layer"),
+    "distilbert": LayerSpec(layers="distilbert.transformer.layer"),
+    "deberta-v2": LayerSpec(
+        layers="deberta.encoder.layer",
+        other=("deberta.encoder.rel_embeddings", "deberta.encoder.LayerNorm", "deberta.encoder.conv"),
+    ),
+    "albert": LayerSpec(layers="albert.encoder.albert_layer_groups"),
+    "gpt2": LayerSpec(layers="transformer.h"),
+    "llama": LayerSpec(layers="model.layers"),
+    "mistral": LayerSpec(layers="model.layers"),
+    "qwen2": LayerSpec(layers="model.layers"),
+    "modernbert": LayerSpec(layers="model.layers"),
+}
+
+# Model types whose blocks are shared across depth: "freeze layer i" cannot mean one depth there.
+SHARED_LAYER_MODEL_TYPES = {"albert"}
+
+RESNET_LAYOUT = LayerSpec(layers=("layer1", "layer2", "layer3", "layer4"))
+
+
+@dataclass
+class LayerGroup:
+    """One group: its name, the module paths it owns and its parameters (name, tensor) in model order."""
+
+    name: str
+    module_paths: list[str]
+    params: list[tuple[str, nn.Parameter]] = field(default_factory=list)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for _, p in self.params)
+
+    def modules(self, model: nn.Module) -> list[nn.Module]:
+        return [model.get_submodule(path) for path in self.module_paths]
+
+
+@dataclass
+class LayerMap:
+    """The model as ordered groups: ``embeddings``, ``layer.0`` … ``layer.{L-1}``, ``head``, ``other``.
+
+    ``shared_layers`` marks models such as ALBERT where one block object runs at several depths; the block list then
+    holds the distinct shared blocks (ALBERT's hidden groups), and ``layer.i`` means "hidden group i".
+    """
+
+    groups: list[LayerGroup]
+    layer_paths: list[str]
+    source: str
+    shared_layers: bool = False
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_paths)
+
+    @property
+    def names(self) -> list[str]:
+        return [g.name for g in self.groups]
+
+    def group(self, name: str) -> LayerGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(f"no layer group {name!r}; groups are {self.names}")
+
+    def bottom_up(self) -> list[str]:
+        """Group names in depth order: embeddings, layer.0 … layer.{L-1}, head (``other`` excluded)."""
+        return [EMBEDDINGS, *(layer_name(i) for i in range(self.num_layers)), HEAD]
+
+    def layer_modules(self, model: nn.Module) -> list[nn.Module]:
+        return [model.get_submodule(p) for p in self.layer_paths]
+
+
+def _children_paths(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
+    return [(f"{prefix}.{name}" if prefix else name, child) for name, child in module.named_children()]
+
+
+def _find_block_stack(model: nn.Module) -> str | None:
+    """Structural fallback: the path of the longest ModuleList/Sequential of ≥2 children of one type."""
+    best: tuple[int, str] | None = None
+    for path, module in model.named_modules():
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)) or len(module) < 2:
+            continue
+        kinds = {type(child) for child in module}
+        if len(kinds) != 1:
+            continue
+        # Skip stacks of leaf layers (an nn.Sequential of Linear/ReLU is a head, not a block stack).
+        if not any(True for _ in next(iter(module)).children()):
+            continue
+        if best is None or len(module) > best[0]:
+            best = (len(module), path)
+    return best[1] if best else None
+
+
+def _resolve_layer_paths(model: nn.Module, layers: str | Sequence[str]) -> list[str]:
+    if isinstance(layers, str):
+        container = _get(model, layers, "layers")
+        if isinstance(container, (nn.ModuleList, nn.Sequential)):
+            return [f"{layers}.{name}" for name, _ in container.named_children()]
+        return [layers]
+    paths = list(layers)
+    for p in paths:
+        _get(model, p, "layers")
+    return paths
+
+
+def _get(model: nn.Module, path: str, what: str) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError as exc:
+        top = [name for name, _ in model.named_children()]
+        raise LayerDiscoveryError(
+            f"layers.{what}: module path {path!r} does not exist in {type(model).__name__} "
+            f"(its top-level children are {top}); paths are dotted attribute paths as in model.get_submodule()"
+        ) from exc
+
+
+def _model_type(model: nn.Module) -> str | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", None)
+
+
+def _known_layout(model: nn.Module) -> tuple[LayerSpec, str] | None:
+    model_type = _model_type(model)
+    if model_type in KNOWN_LAYOUTS:
+        spec = KNOWN_LAYOUTS[model_type]
+        try:
+            model.get_submodule(spec.layers if isinstance(spec.layers, str) else spec.layers[0])
+        except AttributeError:
+            # e.g. a bare BertModel (no "bert." prefix): retry relative to the model itself.
+            return _strip_base_prefix(model, spec, model_type)
+        return _existing_only(model, spec), f"known layout for model_type={model_type!r}"
+    if all(hasattr(model, name) for name in ("conv1", "layer1", "layer4", "fc")):
+        return RESNET_LAYOUT, "known layout for torchvision/timm ResNet"
+    return None
+
+
+def _strip_base_prefix(model: nn.Module, spec: LayerSpec, model_type: str) -> tuple[LayerSpec, str] | None:
+    assert isinstance(spec.layers, str)
+    rest = spec.layers.split(".", 1)[1]
+    try:
+        model.get_submodule(rest)
+    except AttributeError:
+        return None
+    strip = [p.split(".", 1)[1] for p in spec.other]
+    base = LayerSpec(layers=rest, other=tuple(strip))
+    return _existing_only(model, base), f"known layout for base model_type={model_type!r}"
+
+
+def _existing_only(model: nn.Module, spec: LayerSpec) -> LayerSpec:
+    """Known layouts list optional modules (DeBERTa's ``conv`` exists only with ``conv_kernel_size``): drop absent ones."""
+
+    def exists(path: str) -> bool:
+        try:
+            model.get_submodule(path)
+        except AttributeError:
+            return False
+        return True
+
+    return LayerSpec(layers=spec.layers, embeddings=tuple(filter(exists, spec.embeddings)),
+                     head=tuple(filter(exists, spec.head)), other=tuple(filter(exists, spec.other)))
+
+
+def discover_layers(model: nn.Module, spec: LayerSpec | None = None) -> LayerMap:
+    """Map ``model`` onto ordered layer groups. See the module docstring for the rules.
+
+    Raises :class:`LayerDiscoveryError` when no block stack can be found, with the YAML to write instead.
+    """
+    if spec is not None:
+        source = "explicit layers: section"
+    else:
+        found = _known_layout(model)
+        if found is not None:
+            spec, source = found
+        else:
+            stack = _find_block_stack(model)
+            if stack is None:
+                raise LayerDiscoveryError(
+                    f"cannot find the layer stack of {type(model).__name__}: no known layout and no "
+                    "nn.ModuleList of repeated blocks. Declare it in the study file, e.g.\n"
+                    "layers:\n  layers: encoder.blocks        # a ModuleList, or a list of block paths bottom-first\n"
+                    "  embeddings: [embed]\n  head: [classifier]"
+                )
+            spec, source = LayerSpec(layers=stack), f"structural fallback (block stack at {stack!r})"
+
+    layer_paths = _resolve_layer_paths(model, spec.layers)
+    assigned: dict[str, str] = {}  # module path -> group name
+    for i, path in enumerate(layer_paths):
+        assigned[path] = layer_name(i)
+    for group, paths in ((EMBEDDINGS, spec.embeddings), (HEAD, spec.head), (OTHER, spec.other)):
+        for path in paths:
+            _get(model, path, group)
+            if path in assigned:
+                raise LayerDiscoveryError(f"layers.{group}: {path!r} is already in group {assigned[path]!r}")
+            assigned[path] = group
+    _assign_by_position(model, layer_paths, assigned)
+
+    groups = {name: LayerGroup(name, []) for name in [EMBEDDINGS, *map(layer_name, range(len(layer_paths))), HEAD]}
+    groups[OTHER] = LayerGroup(OTHER, [])
+    for path, group in assigned.items():
+        groups[group].module_paths.append(path)
+    # Every parameter goes to the group of its longest assigned ancestor path (checked per path component).
+    for pname, param in model.named_parameters():
+        groups[_owner(pname, assigned)].params.append((pname, param))
+    ordered = [g for g in groups.values() if g.params or g.name.startswith("layer.") or g.name == HEAD]
+    shared = _model_type(model) in SHARED_LAYER_MODEL_TYPES
+    return LayerMap(groups=ordered, layer_paths=layer_paths, source=source, shared_layers=shared)
+
+
+def _owner(param_name: str, assigned: dict[str, str]) -> str:
+    parts = param_name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        owner = assigned.get(".".join(parts[:cut]))
+        if owner is not None:
+            return owner
+    return assigned.get(parts[0], OTHER) if len(parts) == 1 else OTHER
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)]  # parent first, root ("") last
+
+
+def _assign_by_position(model: nn.Module, layer_paths: list[str], assigned: dict[str, str]) -> None:
+    """Children of each ancestor of the block stack: before it → embeddings side, after it → head side.
+
+    The ancestors used are those of the stack container (the common parent of the blocks), walking up to the root;
+    modules already assigned (or containing/inside an assigned path) are left alone. Root-level parameters that are
+    not inside any module are assigned too (a bare ``nn.Parameter`` on the model, e.g. a CLS token).
+    """
+    container = _common_parent(layer_paths)
+    chain = [container, *_ancestors(container)] if container else [""]
+    stack_child = {c: None for c in chain}
+    for ancestor in chain:
+        module = model.get_submodule(ancestor) if ancestor else model
+        # which child of `ancestor` leads to the stack
+        side = EMBEDDINGS
+        for child_path, _ in _children_paths(module, ancestor):
+            if child_path in layer_paths or any(_is_prefix(child_path, lp) for lp in layer_paths):
+                if child_path not in layer_paths:
+                    side = HEAD  # child containing the stack: everything after it is the head side
+                    stack_child[ancestor] = child_path
+                    continue
+                side = HEAD
+                continue
+            if _touches_assigned(child_path, assigned):
+                continue
+            assigned[child_path] = side
+        for pname, _ in module.named_parameters(recurse=False):
+            full = f"{ancestor}.{pname}" if ancestor else pname
+            if not _touches_assigned(full, assigned):
+                assigned[full] = OTHER
+
+
+def _is_prefix(prefix: str, path: str) -> bool:
+    return path == prefix or path.startswith(prefix + ".")
+
+
+def _touches_assigned(path: str, assigned: Iterable[str]) -> bool:
+    return any(_is_prefix(path, a) or _is_prefix(a, path) for a in assigned)
+
+
+def _common_parent(paths: list[str]) -> str:
+    split = [p.split(".") for p in paths]
+    common: list[str] = []
+    for parts in zip(*split):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    if len(paths) == 1:
+        common = split[0][:-1]
+    elif len(common) == min(len(s) for s in split):
+        common = common[:-1]
+    return ".".join(common)

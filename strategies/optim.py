@@ -1,0 +1,285 @@
+"""The one place where plans meet the optimizer.
+
+Why this exists: ``requires_grad=False`` alone is not a freeze. Adam/AdamW keep applying the momentum they collected
+while a parameter was trainable, and decoupled weight decay shrinks it even with ``grad=None`` in some optimizers; so
+a parameter that was trained and is then frozen keeps moving. Here a frozen parameter is **not in the optimizer at
+all**: freezing removes its parameter groups and deletes its state; unfreezing adds *fresh* groups (no stale state).
+Frozen parameters therefore stay bit-identical under every optimizer, which :class:`FreezeVerifier` checks.
+
+Parameter groups are named ``<layer group>`` and ``<layer group>/no_decay``: biases and normalisation weights (any
+parameter with ``ndim <= 1``, the rule timm uses) get no weight decay. The LR of every group is
+``base_lr × lr_multiplier × schedule_factor(step)``; :meth:`FreezeController.set_lr_factor` applies the factor to every
+group, including groups added after the scheduler was created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from strategies.base import GroupSetting, Plan
+from strategies.layers import LayerMap
+
+OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
+NO_DECAY = "/no_decay"
+
+_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+_DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+class FrozenParameterChanged(RuntimeError):
+    """A parameter changed while it was frozen. This is a bug somewhere, and the trial must not be trusted."""
+
+
+def make_optimizer_factory(name: str, **kwargs: Any) -> OptimizerFactory:
+    """An optimizer constructor by name: ``adamw``, ``adam``, ``sgd`` (``momentum`` etc. via kwargs), ``adafactor``
+    (from transformers), or any ``module:Class`` taking ``(param_groups, **kwargs)``."""
+    key = name.lower()
+    if key == "adamw":
+        cls: Any = torch.optim.AdamW
+    elif key == "adam":
+        cls = torch.optim.Adam
+    elif key == "sgd":
+        cls = torch.optim.SGD
+    elif key == "adafactor":
+        from transformers.optimization import Adafactor
+
+        cls = Adafactor
+        kwargs = {"scale_parameter": False, "relative_step": False, "warmup_init": False, **kwargs}
+    elif ":" in name:
+        import importlib
+
+        module, _, attr = name.partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}: use adamw, adam, sgd, adafactor or 'module:Class'")
+
+    def factory(groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        return cls(groups, **kwargs)
+
+    return factory
+
+
+def no_decay(param: nn.Parameter) -> bool:
+    """Biases and normalisation weights are not decayed (structural rule: one-dimensional tensors)."""
+    return param.ndim <= 1
+
+
+def checksum(params: Iterable[torch.Tensor]) -> str:
+    """SHA-256 over the exact bytes of ``params`` (any dtype, any device)."""
+    digest = hashlib.sha256()
+    for p in params:
+        digest.update(p.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class FreezeVerifier:
+    """Checksums every frozen interval of every group: taken when the group freezes, compared when it unfreezes and at
+    the end of training. ``verified`` is the proof logged as the ``frozen_params_verified`` tag."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple[str, list[nn.Parameter]]] = {}
+        self.failures: list[str] = []
+        self.checked = 0
+
+    def frozen(self, group: str, params: list[nn.Parameter]) -> None:
+        self._open[group] = (checksum(params), params)
+
+    def unfrozen(self, group: str) -> None:
+        self._compare(group, self._open.pop(group))
+
+    def _compare(self, group: str, entry: tuple[str, list[nn.Parameter]]) -> None:
+        before, params = entry
+        self.checked += 1
+        if checksum(params) != before:
+            self.failures.append(group)
+
+    def finish(self) -> bool:
+        """Compare every still-frozen group; True when no frozen parameter ever changed."""
+        for group, entry in list(self._open.items()):
+            self._compare(group, entry)
+        return not self.failures
+
+    @property
+    def verified(self) -> bool:
+        return not self.failures
+
+
+class FreezeController:
+    """Applies :data:`Plan` s to a model and its optimizer.
+
+    It owns the optimizer (built lazily from ``optimizer_factory`` on the first :meth:`apply`), the ``requires_grad``
+    flags, train/eval modes of frozen blocks and the checksums. ``frozen_dropout`` keeps dropout active inside frozen
+    blocks (default off: frozen blocks are deterministic, and their output can be cached); ``train_bn`` lets BatchNorm
+    in frozen blocks update its running statistics (default off: frozen means frozen).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer_map: LayerMap,
+        optimizer_factory: OptimizerFactory,
+        base_lr: float,
+        weight_decay: float = 0.0,
+        *,
+        frozen_dropout: bool = False,
+        train_bn: bool = False,
+        verify: bool = True,
+    ) -> None:
+        self.model = model
+        self.layer_map = layer_map
+        self.optimizer_factory = optimizer_factory
+        self.base_lr = float(base_lr)
+        self.weight_decay = float(weight_decay)
+        self.frozen_dropout = frozen_dropout
+        self.train_bn = train_bn
+        self.verifier = FreezeVerifier() if verify else None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.plan: Plan | None = None
+        self.lr_factor = 1.0
+        self.history: list[tuple[str, list[str]]] = []  # (event, groups) for logs and tests
+
+    # -- plans -------------------------------------------------------------------------------------------------
+    def apply(self, plan: Plan) -> bool:
+        """Make ``plan`` current. Returns True when anything changed."""
+        missing = set(self.layer_map.names) - set(plan)
+        if missing:
+            raise ValueError(f"plan does not cover layer groups {sorted(missing)}")
+        old = self.plan or {}
+        if plan == old:
+            return False
+        to_freeze = [n for n in self.layer_map.names if plan[n].frozen and (n not in old or not old[n].frozen)]
+        to_unfreeze = [n for n in self.layer_map.names if not plan[n].frozen and (n not in old or old[n].frozen)]
+        if not any(not s.frozen for s in plan.values()):
+            raise ValueError("the plan freezes every layer group: nothing would train")
+        for name in to_freeze:
+            self._freeze(name)
+        for name in to_unfreeze:
+            self._unfreeze(name, plan[name])
+        for name, setting in plan.items():  # multiplier changes of groups that stay trainable
+            if not setting.frozen and name not in to_unfreeze and old[name].lr_multiplier != setting.lr_multiplier:
+                self._set_multiplier(name, setting.lr_multiplier)
+        self.plan = dict(plan)
+        if to_freeze:
+            self.history.append(("freeze", to_freeze))
+        if to_unfreeze and old:
+            self.history.append(("unfreeze", to_unfreeze))
+        return True
+
+    def _params(self, name: str) -> list[nn.Parameter]:
+        return [p for _, p in self.layer_map.group(name).params]
+
+    def _freeze(self, name: str) -> None:
+        params = self._params(name)
+        if self.optimizer is not None:
+            ids = {id(p) for p in params}
+            self.optimizer.param_groups[:] = [
+                g for g in self.optimizer.param_groups if not any(id(p) in ids for p in g["params"])
+            ]
+            for p in params:
+                self.optimizer.state.pop(p, None)
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+        if self.verifier is not None and params:
+            self.verifier.frozen(name, params)
+
+    def _unfreeze(self, name: str, setting: GroupSetting) -> None:
+        params = self._params(name)
+        if self.verifier is not None and self.plan is not None and name in self.plan and params:
+            self.verifier.unfrozen(name)
+        for p in params:
+            p.requires_grad_(True)
+        groups = self._param_groups(name, params, setting.lr_multiplier)
+        if not groups:
+            return
+        if self.optimizer is None:
+            self.optimizer = self.optimizer_factory(groups)
+        else:
+            for g in groups:
+                self.optimizer.add_param_group(g)
+
+    def _param_groups(self, name: str, params: list[nn.Parameter], multiplier: float) -> list[dict[str, Any]]:
+        decay = [p for p in params if not no_decay(p)]
+        plain = [p for p in params if no_decay(p)]
+        out = []
+        for suffix, members, wd in (("", decay, self.weight_decay), (NO_DECAY, plain, 0.0)):
+            if members:
+                out.append(
+                    {
+                        "params": members,
+                        "name": name + suffix,
+                        "layer_group": name,
+                        "lr_multiplier": multiplier,
+                        "weight_decay": wd,
+                        "lr": self.base_lr * multiplier * self.lr_factor,
+                    }
+                )
+        return out
+
+    def _set_multiplier(self, name: str, multiplier: float) -> None:
+        assert self.optimizer is not None
+        for g in self.optimizer.param_groups:
+            if g.get("layer_group") == name:
+                g["lr_multiplier"] = multiplier
+                g["lr"] = self.base_lr * multiplier * self.lr_factor
+
+    # -- learning rates --------------------------------------------------------------------------------------------
+    def set_lr_factor(self, factor: float) -> None:
+        """Apply a schedule factor (warmup/decay) to every group, whenever it was added."""
+        self.lr_factor = float(factor)
+        if self.optimizer is not None:
+            for g in self.optimizer.param_groups:
+                g["lr"] = self.base_lr * g.get("lr_multiplier", 1.0) * self.lr_factor
+
+    def learning_rates(self) -> dict[str, float]:
+        """Current LR of every layer group (0.0 for frozen groups), for ``lr/<group>`` metrics."""
+        out = {name: 0.0 for name in self.layer_map.names}
+        if self.optimizer is not None:
+            for g in self.optimizer.param_groups:
+                out[g.get("layer_group", g.get("name", "?"))] = float(g["lr"])
+        return out
+
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def frozen_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+
+    # -- modes ------------------------------------------------------------------------------------------------------
+    def train_mode(self) -> None:
+        """``model.train()``, then frozen blocks back to eval (dropout/BatchNorm per the two explicit settings).
+
+        ``model.eval()`` is not freezing, and ``requires_grad`` is not eval mode: this is where the two meet.
+        """
+        self.model.train()
+        if self.plan is None:
+            return
+        for name, setting in self.plan.items():
+            if not setting.frozen:
+                continue
+            for module in self.layer_map.group(name).modules(self.model):
+                for sub in module.modules():
+                    if isinstance(sub, _BN_TYPES):
+                        sub.train(self.train_bn)
+                    elif isinstance(sub, _DROPOUT_TYPES):
+                        sub.train(self.frozen_dropout)
+                    else:
+                        sub.train(False)
+
+    def eval_mode(self) -> None:
+        self.model.eval()
+
+    def finish(self) -> bool:
+        """Final checksum comparison of every group frozen at the end; True when nothing frozen ever moved."""
+        return self.verifier.finish() if self.verifier is not None else True
+
+    def require_verified(self) -> None:
+        if self.verifier is not None and not self.verifier.verified:
+            raise FrozenParameterChanged(
+                f"frozen parameters changed in groups {self.verifier.failures}: the freeze did not hold"
+            )
