@@ -1,0 +1,49 @@
+"""How a batch goes through the model: the seam where activation caching plugs in.
+
+The training loop never calls the model directly; it asks a :class:`ForwardRunner` for logits. The plain runner
+(:class:`DirectForward`) calls the model. :class:`sweeps.cache.CachedPrefixForward` serves the output of a frozen
+prefix from a cache so later epochs run only the trainable top. The loop tells the runner the current frozen-prefix
+depth whenever the strategy's plan changes (gradual unfreezing shrinks it).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keys of a collated batch that the model's forward takes (labels and example ids stay out)."""
+    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+
+
+class ForwardRunner(Protocol):
+    def set_prefix_depth(self, depth: int | None) -> None:
+        """The number of lowest blocks frozen together with the embedding side (``None``: the embeddings train)."""
+
+    def logits(self, model: nn.Module, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
+        """Logits for ``batch`` of ``split`` ("train" or "eval"; cached activations differ per split)."""
+
+    def close(self) -> None:
+        """Release caches and hooks."""
+
+
+class DirectForward:
+    """Calls the model. Frozen parameters have ``requires_grad=False`` and token ids never require grad, so autograd
+    records nothing for a frozen prefix even here; the cached runner additionally skips computing it."""
+
+    def __init__(self) -> None:
+        self.depth: int | None = None
+
+    def set_prefix_depth(self, depth: int | None) -> None:
+        self.depth = depth
+
+    def logits(self, model: nn.Module, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
+        return model(**model_inputs(batch)).logits
+
+    def close(self) -> None:
+        pass
