@@ -1,0 +1,343 @@
+"""Command line: ``python -m sweeps {run,validate,report,inspect,list-strategies,predict}``.
+
+Exit codes scripts can rely on: 0 success, 1 the run failed (e.g. no trial completed), 2 invalid input (study file,
+arguments, data, model; nothing was run), 130 interrupted (the current trial was recorded; rerun to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from sweeps.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, SweepsError
+
+log = logging.getLogger("sweeps")
+
+
+def _setup_logging(output: Path | None, quiet: bool, verbose: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    root = logging.getLogger()
+    root.handlers.clear()
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setLevel(level)
+    root.addHandler(console)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(output / "sweeps.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.DEBUG if verbose else logging.INFO)
+        root.addHandler(handler)
+    for noisy in ("optuna", "mlflow", "alembic", "urllib3", "transformers", "datasets", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study file (YAML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, typed like the YAML (repeatable), e.g. --set training.epochs=1")
+    p.add_argument("--output", help="study folder (default: the file's `output`, else runs/<name>)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sweeps", description=__doc__.split("\n")[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) the study: every trial logged to MLflow")
+    _add_spec_args(run)
+    run.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one GPU each when available)")
+    run.add_argument("--no-report", action="store_true", help="skip writing the HTML report at the end")
+
+    validate = sub.add_parser("validate", help="check a study file without running it")
+    _add_spec_args(validate)
+    validate.add_argument("--model", action="store_true", help="also load the model and check strategies against it")
+
+    report = sub.add_parser("report", help="comparison table and HTML report of a study's trials")
+    _add_spec_args(report)
+    report.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table")
+
+    inspect = sub.add_parser("inspect", help="layer-group table for a model and a strategy")
+    inspect.add_argument("model", help="hub id, local folder, package:<name>, or a study file (its task.model)")
+    inspect.add_argument("--strategy", default="none", help="strategy name (composed with +, or module:Class)")
+    inspect.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="strategy hyperparameter")
+    inspect.add_argument("--epoch", type=int, default=0, help="plan at this epoch (gradual unfreezing)")
+    inspect.add_argument("--format", choices=["table", "json"], default="table")
+
+    sub.add_parser("list-strategies", help="built-in, registered and entry-point strategies with their parameters")
+
+    predict = sub.add_parser("predict", help="write submission.csv for a test file from the study's best trial")
+    _add_spec_args(predict)
+    predict.add_argument("--test", help="test file (default: task.data.test)")
+    predict.add_argument("--out", default=None, help="output CSV (default: <study folder>/submission.csv)")
+    predict.add_argument("--proba", action="store_true", help="write class probabilities instead of labels")
+    return parser
+
+
+def _load(args: argparse.Namespace):
+    from sweeps.spec import load_spec
+
+    return load_spec(args.study, args.overrides, output=args.output)
+
+
+def output_dir(spec: Any) -> Path:
+    return Path(spec.output) if spec.output else Path("runs") / spec.name
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    out = output_dir(spec)
+    _setup_logging(out, args.quiet, args.verbose)
+    if args.workers > 1:
+        return _run_workers(args, spec, out)
+    return _run_here(spec, out, report=not args.no_report)
+
+
+def _run_here(spec: Any, out: Path, report: bool = True) -> int:
+    from sweeps.study import StudyRunner, storage_url
+
+    runner = StudyRunner(spec, out, progress=log.info)
+    try:
+        runner.prepare()
+        reports = runner.run()
+    except KeyboardInterrupt:
+        log.warning(
+            "\nInterrupted: the current trial was recorded as failed (interrupted). Completed trials are kept.\n"
+            "Resume with the same command: python -m sweeps run %s%s", spec.source_path,
+            f" --output {out}" if spec.output is None else "",
+        )
+        return EXIT_INTERRUPTED
+    _summary(runner, out, report)
+    completed = [t for t in runner.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    del reports
+    if not completed:
+        log.error("no trial completed; see the failure reasons above and in %s", out / "sweeps.log")
+        return EXIT_FAILURE
+    from sweeps.spec import mask_secrets
+
+    log.debug("storage: %s", mask_secrets(storage_url(spec, out)))
+    return EXIT_OK
+
+
+def _summary(runner: Any, out: Path, report: bool) -> None:
+    from sweeps.spec import mask_secrets
+
+    study = runner.study
+    report_path = None
+    if report:
+        try:
+            from sweeps.report import write_report
+
+            report_path = write_report(runner.spec, out, study=study, tracker=runner.tracker, parent_run_id=runner.parent_run_id)
+        except Exception as exc:  # noqa: BLE001 - a report failure must not hide the study's results
+            log.warning("report not written: %s", exc)
+    if runner.parent_run_id:
+        runner.tracker.end_run(runner.parent_run_id, "FINISHED")
+    states: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        if not t.user_attrs.get("surplus"):
+            states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    lines = ["", f"study {study.study_name}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))]
+    try:
+        bests = study.best_trials
+    except ValueError:
+        bests = []
+    for best in bests[:5]:
+        metrics = {k.split(".", 1)[1]: v for k, v in best.user_attrs.items() if k.startswith("metric.")}
+        shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("accuracy", "f1_macro", "epoch_time_s", "peak_memory_mb") if k in metrics)
+        lines.append(f"best trial {best.number}: {best.user_attrs.get('strategy')} {best.params} {shown}")
+    lines.append(f"MLflow: mlflow ui --backend-store-uri {mask_secrets(runner.tracker.uri)}  (experiment {runner.tracker.experiment_name!r})")
+    if report_path:
+        lines.append(f"report: {report_path}")
+    lines.append(f"study folder: {out}")
+    print("\n".join(lines), flush=True)
+
+
+def _run_workers(args: argparse.Namespace, spec: Any, out: Path) -> int:
+    """K worker processes on one study through Optuna's storage; one GPU each when there are enough GPUs."""
+    import torch
+
+    from sweeps.study import StudyRunner
+
+    runner = StudyRunner(spec, out, progress=log.info)  # creates the study and storage once, before the workers race
+    runner.parent_run_id = runner.tracker.parent_run(runner.study, spec.name, {"sweeps.study": runner.study.study_name})
+    gpus = torch.cuda.device_count()
+    cores = os.cpu_count() or 1
+    procs = []
+    for i in range(args.workers):
+        env = dict(os.environ)
+        if gpus >= args.workers:
+            env["CUDA_VISIBLE_DEVICES"] = str(i)
+        cmd = [sys.executable, "-m", "sweeps", "--quiet" if args.quiet else "-v" if args.verbose else "--quiet",
+               "run", args.study, "--output", str(out), "--no-report"]
+        for o in args.overrides:
+            cmd += ["--set", o]
+        if spec.training.num_threads is None and gpus < args.workers:
+            cmd += ["--set", f"training.num_threads={max(1, cores // args.workers)}"]
+        procs.append(subprocess.Popen(cmd, env=env))
+        log.info("worker %d started (pid %d)%s", i, procs[-1].pid, f" on GPU {i}" if gpus >= args.workers else "")
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.wait()
+        return EXIT_INTERRUPTED
+    runner.prepare_tracking_only = True
+    _summary(runner, out, report=not args.no_report)
+    if all(c != 0 for c in codes):
+        return max(codes)
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    _setup_logging(None, args.quiet, args.verbose)
+    if args.model:
+        from sweeps.study import StudyRunner
+
+        out = output_dir(spec)
+        StudyRunner(spec, out).prepare()
+    print(f"{args.study}: OK ({len(spec.strategies)} strategies, objectives {list(_objective_names(spec))})")
+    return EXIT_OK
+
+
+def _objective_names(spec: Any):
+    for item in spec.optuna.objectives:
+        yield item if isinstance(item, str) else item.metric
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    out = output_dir(spec)
+    _setup_logging(None, args.quiet, args.verbose)
+    from sweeps.report import trials_table, write_report
+    from sweeps.study import open_study
+
+    study = open_study(spec, out)
+    table = trials_table(study)
+    if args.format == "csv":
+        print(table.to_csv(index=False))
+    elif args.format == "json":
+        print(table.to_json(orient="records", indent=2))
+    elif args.format == "markdown":
+        print(table.to_markdown(index=False))
+    else:
+        print(table.to_string(index=False) if len(table) else "(no trials yet)")
+    path = write_report(spec, out, study=study)
+    print(f"\nreport: {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SweepsError(f"--param {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    _setup_logging(None, True, args.verbose)
+    from strategies import describe, discover_layers, format_table
+    from sweeps.models import load_classifier, resolve_model
+    from sweeps.trial import check_strategy, layer_spec
+
+    spec = None
+    model_ref, base = args.model, None
+    if args.model.endswith((".yaml", ".yml")) and Path(args.model).is_file():
+        from sweeps.spec import load_spec
+
+        spec = load_spec(args.model)
+        model_ref, base = spec.task.model, spec.base_dir
+    source = resolve_model(model_ref, base)
+    model = load_classifier(source, ["0", "1"])
+    layer_map = discover_layers(model, layer_spec(spec) if spec else None)
+    strategy = check_strategy(args.strategy, _parse_params(args.param), layer_map)
+    rows = describe(layer_map, strategy.plan(layer_map, args.epoch, 0))
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{source.location} — {layer_map.source}")
+        print(format_table(rows))
+    return EXIT_OK
+
+
+def cmd_list_strategies(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from strategies import available, resolve
+
+    for name, origin in sorted(available().items()):
+        (cls,) = resolve(name)
+        params = ", ".join(
+            f"{k}" + ("" if v is dataclasses.MISSING else f"={v!r}") for k, v in cls.param_defaults().items()
+        )
+        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().split("\n")[0]
+        print(f"{name:<16} {params or '-':<70} {origin}\n{'':<16} {doc}")
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    out = output_dir(spec)
+    _setup_logging(None, args.quiet, args.verbose)
+    from sweeps.predict import predict_submission
+
+    path = predict_submission(spec, out, test=args.test, out_path=Path(args.out) if args.out else None, proba=args.proba)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "validate": cmd_validate,
+    "report": cmd_report,
+    "inspect": cmd_inspect,
+    "list-strategies": cmd_list_strategies,
+    "predict": cmd_predict,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SweepsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (ValueError, LookupError) as exc:
+        from strategies import LayerDiscoveryError, StrategyConfigError, UnknownStrategyError
+
+        if isinstance(exc, (LayerDiscoveryError, StrategyConfigError, UnknownStrategyError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

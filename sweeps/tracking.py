@@ -1,0 +1,173 @@
+"""MLflow tracking: one parent run per study, one nested run per trial.
+
+Everything goes through an explicit :class:`mlflow.tracking.MlflowClient` and run ids, never through MLflow's
+process-global "active run": several workers, resumed studies and a killed trial's cleanup all need to address runs by
+id. The parent run id is stored in the Optuna study (user attribute ``mlflow_parent_run_id``) so every worker and every
+resume logs under the same parent.
+
+Metric names are a contract (see README): ``accuracy``, ``f1_macro``, ``f1_weighted``, ``eval_loss``, ``train_loss``,
+``epoch_time_s``, ``eval_time_s``, ``samples_per_s``, ``peak_memory_mb``, ``trainable_params``, ``lr/<group>``; per
+epoch with ``step = epoch``, and the trial's final values under the same names at the last step plus ``final/<name>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sweeps.errors import SweepsError
+
+log = logging.getLogger(__name__)
+
+PARENT_ATTR = "mlflow_parent_run_id"
+RUN_ATTR = "mlflow_run_id"
+
+
+def default_tracking_uri(output: Path) -> str:
+    return f"sqlite:///{(output / 'mlflow.db').resolve()}"
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = str(value)[:6000]
+
+
+class Tracker:
+    """Thin, explicit wrapper over ``MlflowClient`` for the study's runs. ``enabled=False`` makes every call a no-op."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None, enabled: bool = True) -> None:
+        self.uri = uri
+        self.enabled = enabled
+        self.experiment_name = experiment
+        self.experiment_id: str | None = None
+        if not enabled:
+            return
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=uri)
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                location = artifact_root.resolve().as_uri() if artifact_root and not uri.startswith("http") else None
+                try:
+                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+                except Exception:  # noqa: BLE001 - another worker created it first
+                    found = self.client.get_experiment_by_name(experiment)
+                    if found is None:
+                        raise
+                    self.experiment_id = found.experiment_id
+            else:
+                self.experiment_id = found.experiment_id
+        except Exception as exc:  # noqa: BLE001
+            from sweeps.spec import mask_secrets
+
+            raise SweepsError(f"tracking.uri: cannot use MLflow tracking at {mask_secrets(uri)}: {exc}") from exc
+
+    # -- runs ---------------------------------------------------------------------------------------------------
+    def parent_run(self, study: Any, run_name: str, tags: Mapping[str, str]) -> str | None:
+        """The study's parent run: reused from the study's attributes, created on first use."""
+        if not self.enabled:
+            return None
+        run_id = study.user_attrs.get(PARENT_ATTR)
+        if run_id:
+            try:
+                run = self.client.get_run(run_id)
+                if run.info.lifecycle_stage == "active":
+                    if run.info.status != "RUNNING":
+                        self.client.update_run(run_id, status="RUNNING")
+                    return run_id
+            except Exception:  # noqa: BLE001 - the run was deleted or the store changed: make a new one
+                log.warning("parent run %s not found in %s; creating a new one", run_id, self.uri)
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, "sweeps.role": "study"})
+        study.set_user_attr(PARENT_ATTR, run.info.run_id)
+        return run.info.run_id
+
+    def start_trial(self, parent_id: str | None, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str | None:
+        if not self.enabled:
+            return None
+        all_tags = {**tags, "sweeps.role": "trial"}
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        flat: dict[str, str] = {}
+        _flatten("", params, flat)
+        self.log_params(run.info.run_id, flat)
+        return run.info.run_id
+
+    def log_params(self, run_id: str | None, params: Mapping[str, str]) -> None:
+        if not self.enabled or run_id is None:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str | None, metrics: Mapping[str, float], step: int) -> None:
+        if not self.enabled or run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[i : i + 500])
+
+    def set_tags(self, run_id: str | None, tags: Mapping[str, Any]) -> None:
+        if not self.enabled or run_id is None:
+            return
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def end_run(self, run_id: str | None, status: str) -> None:
+        """``status``: FINISHED, FAILED or KILLED (MLflow's run statuses)."""
+        if not self.enabled or run_id is None:
+            return
+        self.client.set_terminated(run_id, status=status)
+
+    def run_status(self, run_id: str) -> str | None:
+        if not self.enabled:
+            return None
+        try:
+            return self.client.get_run(run_id).info.status
+        except Exception:  # noqa: BLE001
+            return None
+
+    # -- artifacts ------------------------------------------------------------------------------------------------
+    def log_text(self, run_id: str | None, text: str, artifact_file: str) -> None:
+        if not self.enabled or run_id is None:
+            return
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_json(self, run_id: str | None, obj: Any, artifact_file: str) -> None:
+        self.log_text(run_id, json.dumps(obj, indent=2, default=str), artifact_file)
+
+    def log_file(self, run_id: str | None, path: Path, artifact_path: str | None = None) -> None:
+        if not self.enabled or run_id is None:
+            return
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_dir(self, run_id: str | None, path: Path, artifact_path: str | None = None) -> None:
+        if not self.enabled or run_id is None:
+            return
+        self.client.log_artifacts(run_id, str(path), artifact_path)
+
+    def log_figure(self, run_id: str | None, figure: Any, artifact_file: str) -> None:
+        if not self.enabled or run_id is None:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            figure.savefig(path, dpi=100, bbox_inches="tight")
+            self.client.log_artifact(run_id, str(path), str(Path(artifact_file).parent) if "/" in artifact_file else None)

@@ -1,0 +1,361 @@
+"""One trial: sampled parameters in, a trained (and measured) classifier out.
+
+The study-wide pieces (data, tokenizer, tokenized splits, model source, device) are prepared once per process in a
+:class:`StudyContext`; a trial builds only what depends on its parameters: the model, its layer map, the strategy, the
+optimizer (through :class:`~strategies.optim.FreezeController`) and the forward runner. Everything a trial allocates
+is released when it ends, so a long study does not creep up in memory.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from strategies import (
+    FreezeController,
+    LayerMap,
+    LayerSpec,
+    StrategyConfigError,
+    build_strategy,
+    describe,
+    discover_layers,
+    format_table,
+    make_optimizer_factory,
+)
+from sweeps.errors import SpecError
+from sweeps.forward import DirectForward, ForwardRunner
+from sweeps.loop import EpochResult, LoopConfig, LoopResult, TrainingLoop
+from sweeps.memory import PeakMemory
+from sweeps.metrics import confusion
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpecError("training.device", f"{name!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def layer_spec(spec: Any) -> LayerSpec | None:
+    """The study file's ``layers:`` section as a :class:`LayerSpec` (None: discover)."""
+    section = getattr(spec, "layers", None)
+    if section is None:
+        return None
+    return LayerSpec(
+        layers=section.layers,
+        embeddings=tuple(section.embeddings),
+        head=tuple(section.head),
+        other=tuple(section.other),
+    )
+
+
+@dataclass
+class StudyContext:
+    """Per-process state shared by every trial of a study: built once, read by each trial."""
+
+    spec: Any
+    output: Path
+    device: torch.device
+    data: Any  # sweeps.data.TaskData
+    tokenizer: Any
+    model_source: Any  # sweeps.models.ModelSource
+    tokenized: dict[str, Any]  # split name -> tokenized datasets.Dataset
+    split_keys: dict[str, str]  # split name -> tokenization cache key (used by the activation cache)
+    collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+
+    @classmethod
+    def prepare(cls, spec: Any, output: Path, dataframe: Any = None) -> StudyContext:
+        from sweeps import data as data_mod
+        from sweeps.models import load_tokenizer, resolve_model
+
+        device = resolve_device(spec.training.device)
+        if spec.training.num_threads:
+            torch.set_num_threads(spec.training.num_threads)
+        data = data_mod.load_task_data(spec.task.data, dataframe=dataframe)
+        source = resolve_model(spec.task.model, spec.base_dir, spec.task.revision)
+        tokenizer = load_tokenizer(source)
+        cache_dir = output / "cache" / "tokenized"
+        tokenized, keys = {}, {}
+        for split in ("train", "validation", "test"):
+            ds = getattr(data, split)
+            if ds is None:
+                continue
+            tokenized[split] = data_mod.tokenize_split(ds, tokenizer, spec.task.max_length, cache_dir)
+            keys[split] = data_mod.tokenization_key(tokenizer, spec.task.max_length, ds)
+        return cls(spec, output, device, data, tokenizer, source, tokenized, keys, data_mod.make_collator(tokenizer))
+
+    def build_model(self) -> torch.nn.Module:
+        from sweeps.models import load_classifier
+
+        return load_classifier(self.model_source, self.data.label_names).to(self.device)
+
+
+@dataclass
+class TrialOutcome:
+    metrics: dict[str, float]  # final values (best epoch for quality, mean epoch time, trial peak memory)
+    epochs: list[EpochResult]
+    frozen_params_verified: bool
+    layer_table: list[dict[str, Any]]
+    layer_table_text: str
+    eval_probs: np.ndarray
+    eval_labels: np.ndarray
+    confusion: np.ndarray
+    cache_stats: dict[str, Any] = field(default_factory=dict)
+    model_dir: Path | None = None
+    fold_metrics: list[dict[str, float]] = field(default_factory=list)
+    oof_index: np.ndarray | None = None  # example ids of eval_probs rows (CV: out-of-fold order)
+
+
+def _loader(ctx: StudyContext, ds: Any, batch_size: int, shuffle: bool, seed: int, group_by_length: bool) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    columns = [c for c in ds.column_names if c not in ("text", "text_pair", "id", "length")]
+    ds = ds.select_columns(columns)
+    if shuffle and group_by_length and "length" not in columns:
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        lengths = [len(x) for x in ds["input_ids"]]
+        sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=ctx.collator)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=ctx.collator)
+
+
+def _make_runner(ctx: StudyContext, model: torch.nn.Module, layer_map: LayerMap, training: dict[str, Any], keys: dict[str, str]) -> ForwardRunner:
+    if training["cache"] == "off" or training["frozen_dropout"] or layer_map.shared_layers:
+        return DirectForward()
+    try:
+        from sweeps.cache import CachedPrefixForward
+    except ImportError:  # pragma: no cover - the cache module ships with the package
+        return DirectForward()
+    return CachedPrefixForward(
+        model,
+        layer_map,
+        cache_dir=ctx.output / "cache" / "activations",
+        split_keys=keys,
+        dtype=training["cache_dtype"],
+        gradient_checkpointing=training["gradient_checkpointing"],
+    )
+
+
+def check_strategy(name: str, params: dict[str, Any], layer_map: LayerMap, index: int | None = None):
+    """Build and check a strategy, turning its errors into study-file paths."""
+    where = f"strategies[{index}].params" if index is not None else f"strategy {name!r}"
+    try:
+        strategy = build_strategy(name, params)
+        strategy.check(layer_map)
+    except StrategyConfigError as exc:
+        raise SpecError(f"{where}.{exc.field}", exc.detail) from exc
+    return strategy
+
+
+def train_once(
+    ctx: StudyContext,
+    strategy_name: str,
+    strategy_params: dict[str, Any],
+    training: dict[str, Any],
+    train_ds: Any,
+    eval_ds: Any,
+    keys: dict[str, str],
+    *,
+    on_epoch_end: Callable[[EpochResult], None] | None = None,
+    save_to: Path | None = None,
+) -> tuple[LoopResult, bool, list[dict[str, Any]], str, dict[str, Any]]:
+    """Train one model; returns (loop result, frozen verified, layer table, table text, cache stats)."""
+    from transformers import set_seed
+
+    set_seed(training["seed"])
+    model = ctx.build_model()
+    layer_map = discover_layers(model, layer_spec(ctx.spec))
+    strategy = check_strategy(strategy_name, strategy_params, layer_map)
+    if training["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    optimizer_kwargs: dict[str, Any] = {}
+    if training["optimizer"] == "sgd":
+        optimizer_kwargs["momentum"] = training["momentum"]
+    controller = FreezeController(
+        model,
+        layer_map,
+        make_optimizer_factory(training["optimizer"], **optimizer_kwargs),
+        base_lr=training["learning_rate"],
+        weight_decay=training["weight_decay"],
+        frozen_dropout=training["frozen_dropout"],
+        train_bn=training["train_bn"],
+    )
+    initial_plan = strategy.plan(layer_map, 0, 0)
+    table = describe(layer_map, initial_plan)
+    table_text = f"layer map: {layer_map.source}\nstrategy: {strategy_name} {strategy.params()}\n" + format_table(table)
+    runner = _make_runner(ctx, model, layer_map, training, keys)
+    memory = PeakMemory(ctx.device)
+    loop_config = LoopConfig(
+        epochs=training["epochs"],
+        batch_size=training["batch_size"],
+        eval_batch_size=training["eval_batch_size"],
+        grad_accum_steps=training["grad_accum_steps"],
+        max_grad_norm=training["max_grad_norm"],
+        scheduler=training["scheduler"],
+        warmup_ratio=training["warmup_ratio"],
+        precision=training["precision"],
+        seed=training["seed"],
+        early_stopping_patience=training["early_stopping_patience"],
+        metric=ctx.spec.task.metric,
+        divergence_factor=training["divergence_factor"],
+        group_by_length=training["group_by_length"],
+    )
+    train_loader = _loader(ctx, train_ds, training["batch_size"], True, training["seed"], training["group_by_length"])
+    eval_loader = _loader(ctx, eval_ds, training["eval_batch_size"], False, training["seed"], False)
+    loop = TrainingLoop(
+        model, layer_map, strategy, controller, train_loader, eval_loader, loop_config, ctx.device,
+        runner=runner, memory=memory, on_epoch_end=on_epoch_end,
+    )
+    memory.reset()
+    try:
+        result = loop.run()
+        verified = controller.finish()
+        controller.require_verified()
+        stats = dict(getattr(runner, "stats", {}) or {})
+        if save_to is not None:
+            save_to.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(save_to)
+            ctx.tokenizer.save_pretrained(save_to)
+        return result, verified, table, table_text, stats
+    finally:
+        memory.close()
+        runner.close()
+        del loop, controller, model, runner
+        release_memory(ctx.device)
+
+
+def release_memory(device: torch.device) -> None:
+    """Drop the previous trial's tensors before the next starts (a long study must not creep up)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _final_metrics(result: LoopResult) -> dict[str, float]:
+    best = result.epochs[result.best_epoch].metrics
+    quality = {k: best[k] for k in ("accuracy", "f1_macro", "f1_weighted", "eval_loss", "train_loss")}
+    times = [e.metrics["epoch_time_s"] for e in result.epochs]
+    return {
+        **quality,
+        "epoch_time_s": float(np.mean(times)),
+        "eval_time_s": float(np.mean([e.metrics["eval_time_s"] for e in result.epochs])),
+        "samples_per_s": float(np.mean([e.metrics["samples_per_s"] for e in result.epochs])),
+        "peak_memory_mb": float(max(e.metrics["peak_memory_mb"] for e in result.epochs)),
+        "trainable_params": float(result.epochs[-1].metrics["trainable_params"]),
+        "best_epoch": float(result.best_epoch),
+        "epochs_run": float(len(result.epochs)),
+    }
+
+
+def run_trial(
+    ctx: StudyContext,
+    strategy_name: str,
+    strategy_params: dict[str, Any],
+    training: dict[str, Any],
+    *,
+    on_epoch_end: Callable[[EpochResult], None] | None = None,
+    on_fold_end: Callable[[int, dict[str, float]], None] | None = None,
+    model_dir: Path | None = None,
+) -> TrialOutcome:
+    """Train with one strategy: on the train/validation split, or over stratified folds when ``task.cv.folds`` ≥ 2
+    (the objective is then the mean over folds; out-of-fold predictions are returned)."""
+    folds = ctx.spec.task.cv.folds
+    if folds and folds >= 2:
+        return _run_cv(ctx, strategy_name, strategy_params, training, folds, on_fold_end, model_dir)
+    result, verified, table, text, stats = train_once(
+        ctx, strategy_name, strategy_params, training, ctx.tokenized["train"], ctx.tokenized["validation"],
+        {"train": ctx.split_keys["train"], "eval": ctx.split_keys["validation"]},
+        on_epoch_end=on_epoch_end, save_to=model_dir,
+    )
+    assert result.eval_probs is not None and result.eval_labels is not None
+    num_labels = len(ctx.data.label_names)
+    return TrialOutcome(
+        metrics=_final_metrics(result),
+        epochs=result.epochs,
+        frozen_params_verified=verified,
+        layer_table=table,
+        layer_table_text=text,
+        eval_probs=result.eval_probs,
+        eval_labels=result.eval_labels,
+        confusion=confusion(result.eval_labels, result.eval_probs.argmax(-1), num_labels),
+        cache_stats=stats,
+        model_dir=model_dir,
+        oof_index=np.asarray(ctx.tokenized["validation"]["example_id"]),
+    )
+
+
+def _run_cv(
+    ctx: StudyContext,
+    strategy_name: str,
+    strategy_params: dict[str, Any],
+    training: dict[str, Any],
+    folds: int,
+    on_fold_end: Callable[[int, dict[str, float]], None] | None,
+    model_dir: Path | None,
+) -> TrialOutcome:
+    from sweeps.data import stratified_folds
+
+    train = ctx.tokenized["train"]
+    labels = np.asarray(train["labels"])
+    num_labels = len(ctx.data.label_names)
+    oof = np.zeros((len(train), num_labels), dtype=np.float32)
+    fold_metrics: list[dict[str, float]] = []
+    epochs: list[EpochResult] = []
+    verified_all = True
+    table: list[dict[str, Any]] = []
+    text = ""
+    stats: dict[str, Any] = {}
+    for k, (train_idx, val_idx) in enumerate(stratified_folds(labels, folds, ctx.spec.task.data.shuffle_seed)):
+        key = f"{ctx.split_keys['train']}-cv{folds}-{k}"
+        result, verified, table, text, stats = train_once(
+            ctx, strategy_name, strategy_params, training, train.select(train_idx), train.select(val_idx),
+            {"train": key + "-train", "eval": key + "-val"},
+            save_to=(model_dir / f"fold_{k}") if model_dir else None,
+        )
+        verified_all &= verified
+        assert result.eval_probs is not None
+        oof[val_idx] = result.eval_probs
+        metrics = _final_metrics(result)
+        fold_metrics.append(metrics)
+        epochs.extend(result.epochs)
+        if on_fold_end is not None:
+            running = {m: float(np.mean([f[m] for f in fold_metrics])) for m in metrics}
+            on_fold_end(k, running)
+    mean = {m: float(np.mean([f[m] for f in fold_metrics])) for m in fold_metrics[0]}
+    mean["peak_memory_mb"] = float(max(f["peak_memory_mb"] for f in fold_metrics))
+    from sweeps.metrics import classification_metrics
+
+    oof_scores = classification_metrics(labels, oof.argmax(-1), num_labels)
+    mean.update({f"oof_{k}": v for k, v in oof_scores.items()})
+    return TrialOutcome(
+        metrics=mean,
+        epochs=epochs,
+        frozen_params_verified=verified_all,
+        layer_table=table,
+        layer_table_text=text,
+        eval_probs=oof,
+        eval_labels=labels,
+        confusion=confusion(labels, oof.argmax(-1), num_labels),
+        cache_stats=stats,
+        model_dir=model_dir,
+        fold_metrics=fold_metrics,
+        oof_index=np.asarray(train["example_id"]),
+    )
+
+
+def remove_dir(path: Path | None) -> None:
+    if path is not None and path.exists():
+        shutil.rmtree(path, ignore_errors=True)
