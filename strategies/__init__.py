@@ -36,6 +36,8 @@ from strategies.optim import (
     FreezeVerifier,
     FrozenParameterChanged,
     checksum,
+    ensure_trainable_input,
+    first_trainable_block,
     make_optimizer_factory,
 )
 from strategies.registry import (
@@ -70,6 +72,8 @@ __all__ = [
     "describe",
     "discover_layers",
     "embedding_side",
+    "ensure_trainable_input",
+    "first_trainable_block",
     "format_table",
     "frozen_prefix_depth",
     "layer_name",

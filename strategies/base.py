@@ -49,7 +49,9 @@ Plan = dict[str, GroupSetting]
 """Layer-group name → setting. Every group of the layer map appears exactly once."""
 
 
-def uniform_plan(layer_map: LayerMap, frozen: set[str] = frozenset(), multipliers: dict[str, float] | None = None) -> Plan:
+def uniform_plan(
+    layer_map: LayerMap, frozen: set[str] = frozenset(), multipliers: dict[str, float] | None = None
+) -> Plan:
     """A plan with ``frozen`` groups frozen and the given multipliers (default 1.0) elsewhere."""
     multipliers = multipliers or {}
     return {
@@ -99,13 +101,19 @@ class Strategy(ABC):
 
     @classmethod
     def param_defaults(cls) -> dict[str, Any]:
-        """Hyperparameter names and defaults (``dataclasses.MISSING`` for required ones)."""
+        """Hyperparameter names and defaults (``dataclasses.MISSING`` for required ones). A field with a
+        ``default_factory`` has a default too: it must not be reported as required."""
         if not dataclasses.is_dataclass(cls):
             return {}
-        return {
-            f.name: (f.default if f.default is not dataclasses.MISSING else dataclasses.MISSING)
-            for f in dataclasses.fields(cls)
-        }
+        return {f.name: _field_default(f) for f in dataclasses.fields(cls)}
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 @dataclass

@@ -17,8 +17,9 @@ def check_layer_count(field: str, value: int, layer_map: LayerMap) -> None:
         raise StrategyConfigError(field, f"must be an integer, got {value!r}")
     if not 0 <= value <= layer_map.num_layers:
         shared = " (ALBERT-style shared blocks: layer i means hidden group i)" if layer_map.shared_layers else ""
+        n_layers = layer_map.num_layers
         raise StrategyConfigError(
-            field, f"{value} is out of range: the model has {layer_map.num_layers} layers{shared}; use 0..{layer_map.num_layers}"
+            field, f"{value} is out of range: the model has L={n_layers} layers{shared}; use 0..{n_layers}"
         )
 
 

@@ -21,9 +21,9 @@ class Discriminative(Strategy):
     name: ClassVar[str] = "discriminative"
 
     def check(self, layer_map: LayerMap) -> None:
-        if not 0.0 < float(self.decay) <= 1.0:
+        if not 0.0 < _number("decay", self.decay) <= 1.0:
             raise StrategyConfigError("decay", f"must be in (0, 1], got {self.decay!r}")
-        if not float(self.head_lr_ratio) > 0.0:
+        if not _number("head_lr_ratio", self.head_lr_ratio) > 0.0:
             raise StrategyConfigError("head_lr_ratio", f"must be > 0, got {self.head_lr_ratio!r}")
 
     def plan(self, layer_map: LayerMap, epoch: int, step: int) -> Plan:
@@ -33,3 +33,13 @@ class Discriminative(Strategy):
             mults[name] = self.decay ** (depth + 1) / self.head_lr_ratio
         mults[HEAD] = 1.0
         return uniform_plan(layer_map, multipliers=mults)
+
+
+def _number(field: str, value: object) -> float:
+    """``float(value)``, or a :class:`StrategyConfigError` naming the field (a YAML typo is not a TypeError)."""
+    if isinstance(value, bool):
+        raise StrategyConfigError(field, f"must be a number, got {value!r}")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise StrategyConfigError(field, f"must be a number, got {value!r}") from None

@@ -47,18 +47,26 @@ class Gradual(Strategy):
         emb = embedding_side(layer_map)
         return [emb, *stack] if emb else stack
 
+    def _min_frozen(self, layer_map: LayerMap) -> int:
+        """Stack entries that stay frozen for good: the embedding side when ``unfreeze_embeddings`` is false."""
+        return 0 if self.unfreeze_embeddings or not embedding_side(layer_map) else 1
+
     def plan(self, layer_map: LayerMap, epoch: int, step: int) -> Plan:
         stack = self._stack(layer_map)
         clock = epoch if self.unit == "epoch" else step
         unfrozen = (clock // self.unfreeze_every) * self.groups_per_step
-        keep = max(len(stack) - unfrozen, 0)
-        if not self.unfreeze_embeddings and stack and stack[0] == embedding_side(layer_map):
-            keep = max(keep, 1)
+        keep = max(len(stack) - unfrozen, self._min_frozen(layer_map))
         frozen = set().union(*stack[:keep]) if keep else set()
         return uniform_plan(layer_map, frozen=frozen)
 
+    def final_clock(self, layer_map: LayerMap) -> int:
+        """The epoch (``unit: epoch``) or optimizer step (``unit: step``) of the last unfreeze: from then on the plan
+        no longer changes."""
+        stages = math.ceil((len(self._stack(layer_map)) - self._min_frozen(layer_map)) / self.groups_per_step)
+        return stages * self.unfreeze_every
+
     def schedule_end(self, layer_map: LayerMap) -> int:
         if self.unit != "epoch":
-            return 0  # step schedules finish within the first epochs; the runner cannot know steps per epoch here
-        stages = math.ceil(len(self._stack(layer_map)) / self.groups_per_step)
-        return stages * self.unfreeze_every
+            # Step schedules: the runner knows steps per epoch, this method does not; it converts final_clock().
+            return 0
+        return self.final_clock(layer_map)

@@ -29,7 +29,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [header, "-" * len(header)]
     for r in rows:
         mods = ", ".join(r["modules"][:3]) + (f" (+{len(r['modules']) - 3})" if len(r["modules"]) > 3 else "")
-        lines.append(f"{r['name']:<14}{r['num_params']:>12,}  {'yes' if r['frozen'] else 'no':<7}{r['lr_multiplier']:>10.4g}  {mods}")
+        frozen = "yes" if r["frozen"] else "no"
+        lines.append(f"{r['name']:<14}{r['num_params']:>12,}  {frozen:<7}{r['lr_multiplier']:>10.4g}  {mods}")
     total = sum(r["num_params"] for r in rows)
     trainable = sum(r["num_params"] for r in rows if not r["frozen"])
     lines.append("-" * len(header))

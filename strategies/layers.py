@@ -18,6 +18,15 @@ of the stack, children registered *before* it are the embedding side and childre
 side. This one rule covers BERT (``bert.embeddings`` / ``bert.pooler`` + ``classifier``), GPT-2 (``wte``, ``wpe`` /
 ``ln_f`` + ``score``), Llama (``embed_tokens`` / ``norm`` + ``score``) and a user's ``nn.Module`` with an
 ``nn.Sequential`` head whose children are named ``0``, ``1``, ``2``.
+
+One exception makes the rule robust to registration order: a *pretrained body* (a transformers ``PreTrainedModel``,
+recognised by its ``config`` and ``base_model_prefix``) that contains the stack is the whole input side of its parent,
+so every sibling of it is the head side whatever order they were registered in. ``XLMRobertaForSequenceClassification``
+registers ``classifier`` *before* ``roberta``; by position alone its classifier would be frozen with the embeddings.
+
+ALBERT shares its blocks across depth: its stack is ``albert_layer_groups`` (``num_hidden_groups`` distinct blocks,
+each run ``num_hidden_layers / num_hidden_groups`` times), so there ``layer.i`` means *hidden group i*, not depth i,
+and ``LayerMap.shared_layers`` is true. With the default ``num_hidden_groups=1`` there is a single layer group.
 """
 
 from __future__ import annotations
@@ -54,6 +63,15 @@ class LayerSpec:
     embeddings: Sequence[str] = ()
     head: Sequence[str] = ()
     other: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        # YAML users write ``head: classifier`` as often as ``head: [classifier]``; iterating the string would look up
+        # the paths "c", "l", "a", ... and report a confusing error.
+        for name in ("embeddings", "head", "other"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        if not isinstance(self.layers, str):
+            object.__setattr__(self, "layers", tuple(self.layers))
 
 
 # Known layouts. Paths are relative to the model root. ``layers`` names the block stack; ``other`` lists modules that
@@ -158,12 +176,31 @@ def _resolve_layer_paths(model: nn.Module, layers: str | Sequence[str]) -> list[
     if isinstance(layers, str):
         container = _get(model, layers, "layers")
         if isinstance(container, (nn.ModuleList, nn.Sequential)):
-            return [f"{layers}.{name}" for name, _ in container.named_children()]
-        return [layers]
-    paths = list(layers)
-    for p in paths:
-        _get(model, p, "layers")
+            paths = [f"{layers}.{name}" for name, _ in container.named_children()]
+        else:
+            paths = [layers]
+    else:
+        paths = list(layers)
+        for p in paths:
+            _get(model, p, "layers")
+    if not paths:
+        raise LayerDiscoveryError(
+            f"layers.layers: {layers!r} names no blocks; give a non-empty ModuleList or a list of block paths"
+        )
+    _check_disjoint([(p, "layers") for p in paths])
     return paths
+
+
+def _check_disjoint(entries: list[tuple[str, str]]) -> None:
+    """Declared paths must not nest: a group that contains another group's block would put that block in eval mode
+    (and freeze it) together with its own modules."""
+    for i, (path, group) in enumerate(entries):
+        for other_path, other_group in entries[i + 1 :]:
+            if _is_prefix(path, other_path) or _is_prefix(other_path, path):
+                raise LayerDiscoveryError(
+                    f"layers.{other_group}: {other_path!r} overlaps {path!r} (layers.{group}); "
+                    "declared module paths must not contain one another"
+                )
 
 
 def _get(model: nn.Module, path: str, what: str) -> nn.Module:
@@ -210,7 +247,8 @@ def _strip_base_prefix(model: nn.Module, spec: LayerSpec, model_type: str) -> tu
 
 
 def _existing_only(model: nn.Module, spec: LayerSpec) -> LayerSpec:
-    """Known layouts list optional modules (DeBERTa's ``conv`` exists only with ``conv_kernel_size``): drop absent ones."""
+    """Known layouts list optional modules (DeBERTa's ``conv`` exists only with ``conv_kernel_size``, its
+    ``rel_embeddings`` only with ``relative_attention``): drop absent ones."""
 
     def exists(path: str) -> bool:
         try:
@@ -237,16 +275,20 @@ def discover_layers(model: nn.Module, spec: LayerSpec | None = None) -> LayerMap
         else:
             stack = _find_block_stack(model)
             if stack is None:
+                top = [name for name, _ in model.named_children()]
                 raise LayerDiscoveryError(
-                    f"cannot find the layer stack of {type(model).__name__}: no known layout and no "
-                    "nn.ModuleList of repeated blocks. Declare it in the study file, e.g.\n"
+                    f"cannot find the layer stack of {type(model).__name__} (top-level children: {top}): no known "
+                    "layout and no nn.ModuleList of repeated blocks. Declare it in the study file, e.g.\n"
                     "layers:\n  layers: encoder.blocks        # a ModuleList, or a list of block paths bottom-first\n"
-                    "  embeddings: [embed]\n  head: [classifier]"
+                    "  embeddings: [embed]\n  head: [classifier]\n"
+                    "(in Python: discover_layers(model, LayerSpec(layers='encoder.blocks', embeddings=['embed'], "
+                    "head=['classifier'])))"
                 )
             spec, source = LayerSpec(layers=stack), f"structural fallback (block stack at {stack!r})"
 
     layer_paths = _resolve_layer_paths(model, spec.layers)
-    assigned: dict[str, str] = {}  # module path -> group name
+    assigned: dict[str, str] = {}  # module (or root-level parameter) path -> group name
+    declared = [(path, "layers") for path in layer_paths]
     for i, path in enumerate(layer_paths):
         assigned[path] = layer_name(i)
     for group, paths in ((EMBEDDINGS, spec.embeddings), (HEAD, spec.head), (OTHER, spec.other)):
@@ -254,13 +296,17 @@ def discover_layers(model: nn.Module, spec: LayerSpec | None = None) -> LayerMap
             _get(model, path, group)
             if path in assigned:
                 raise LayerDiscoveryError(f"layers.{group}: {path!r} is already in group {assigned[path]!r}")
+            declared.append((path, group))
             assigned[path] = group
+    _check_disjoint(declared)
     _assign_by_position(model, layer_paths, assigned)
 
     groups = {name: LayerGroup(name, []) for name in [EMBEDDINGS, *map(layer_name, range(len(layer_paths))), HEAD]}
     groups[OTHER] = LayerGroup(OTHER, [])
+    module_paths = {path for path, _ in model.named_modules()}
     for path, group in assigned.items():
-        groups[group].module_paths.append(path)
+        if path in module_paths:  # bare parameters (a CLS token on the root) have no module to put in eval mode
+            groups[group].module_paths.append(path)
     # Every parameter goes to the group of its longest assigned ancestor path (checked per path component).
     for pname, param in model.named_parameters():
         groups[_owner(pname, assigned)].params.append((pname, param))
@@ -270,12 +316,14 @@ def discover_layers(model: nn.Module, spec: LayerSpec | None = None) -> LayerMap
 
 
 def _owner(param_name: str, assigned: dict[str, str]) -> str:
+    """Group of the longest assigned path that is ``param_name`` itself or one of its module ancestors. Whole path
+    components only: ``layer.1`` never owns ``layer.10.weight``."""
     parts = param_name.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
+    for cut in range(len(parts), 0, -1):
         owner = assigned.get(".".join(parts[:cut]))
         if owner is not None:
             return owner
-    return assigned.get(parts[0], OTHER) if len(parts) == 1 else OTHER
+    return OTHER
 
 
 def _ancestors(path: str) -> list[str]:
@@ -292,18 +340,15 @@ def _assign_by_position(model: nn.Module, layer_paths: list[str], assigned: dict
     """
     container = _common_parent(layer_paths)
     chain = [container, *_ancestors(container)] if container else [""]
-    stack_child = {c: None for c in chain}
     for ancestor in chain:
         module = model.get_submodule(ancestor) if ancestor else model
-        # which child of `ancestor` leads to the stack
-        side = EMBEDDINGS
-        for child_path, _ in _children_paths(module, ancestor):
-            if child_path in layer_paths or any(_is_prefix(child_path, lp) for lp in layer_paths):
-                if child_path not in layer_paths:
-                    side = HEAD  # child containing the stack: everything after it is the head side
-                    stack_child[ancestor] = child_path
-                    continue
-                side = HEAD
+        children = _children_paths(module, ancestor)
+        # A pretrained body holding the stack is the whole input side: its siblings are all head (see module docstring).
+        body = any(_is_pretrained_body(child) and _holds_stack(path, layer_paths) for path, child in children)
+        side = HEAD if body else EMBEDDINGS
+        for child_path, _ in children:
+            if _holds_stack(child_path, layer_paths):
+                side = HEAD  # everything registered after the stack (or the child containing it) is the head side
                 continue
             if _touches_assigned(child_path, assigned):
                 continue
@@ -312,6 +357,16 @@ def _assign_by_position(model: nn.Module, layer_paths: list[str], assigned: dict
             full = f"{ancestor}.{pname}" if ancestor else pname
             if not _touches_assigned(full, assigned):
                 assigned[full] = OTHER
+
+
+def _holds_stack(path: str, layer_paths: list[str]) -> bool:
+    """``path`` is a block of the stack or contains one."""
+    return any(_is_prefix(path, lp) for lp in layer_paths)
+
+
+def _is_pretrained_body(module: nn.Module) -> bool:
+    """A transformers ``PreTrainedModel`` (duck-typed, so this module needs no transformers import)."""
+    return hasattr(module, "config") and hasattr(type(module), "base_model_prefix")
 
 
 def _is_prefix(prefix: str, path: str) -> bool:

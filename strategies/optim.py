@@ -10,6 +10,11 @@ Parameter groups are named ``<layer group>`` and ``<layer group>/no_decay``: bia
 parameter with ``ndim <= 1``, the rule timm uses) get no weight decay. The LR of every group is
 ``base_lr × lr_multiplier × schedule_factor(step)``; :meth:`FreezeController.set_lr_factor` applies the factor to every
 group, including groups added after the scheduler was created.
+
+Gradient checkpointing with ``use_reentrant=True`` drops the gradients of a checkpointed block whose inputs do not
+require grad; with the embeddings and the blocks below it frozen, nothing feeding the first trainable block requires
+grad, so that block silently stops training. :func:`ensure_trainable_input` (on by default in the controller) makes that
+block's hidden-states input require grad.
 """
 
 from __future__ import annotations
@@ -20,15 +25,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from strategies.base import GroupSetting, Plan
-from strategies.layers import LayerMap
+from strategies.layers import EMBEDDINGS, LayerMap, layer_name
 
 OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 NO_DECAY = "/no_decay"
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
-_DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
 class FrozenParameterChanged(RuntimeError):
@@ -95,11 +100,12 @@ class FreezeVerifier:
     def _compare(self, group: str, entry: tuple[str, list[nn.Parameter]]) -> None:
         before, params = entry
         self.checked += 1
-        if checksum(params) != before:
+        if checksum(params) != before and group not in self.failures:
             self.failures.append(group)
 
     def finish(self) -> bool:
-        """Compare every still-frozen group; True when no frozen parameter ever changed."""
+        """Compare every still-frozen group (they stay open: training may go on); True when no frozen parameter ever
+        changed."""
         for group, entry in list(self._open.items()):
             self._compare(group, entry)
         return not self.failures
@@ -115,7 +121,8 @@ class FreezeController:
     It owns the optimizer (built lazily from ``optimizer_factory`` on the first :meth:`apply`), the ``requires_grad``
     flags, train/eval modes of frozen blocks and the checksums. ``frozen_dropout`` keeps dropout active inside frozen
     blocks (default off: frozen blocks are deterministic, and their output can be cached); ``train_bn`` lets BatchNorm
-    in frozen blocks update its running statistics (default off: frozen means frozen).
+    in frozen blocks update its running statistics (default off: frozen means frozen). ``trainable_input`` keeps
+    the first trainable block's input requiring grad (see :func:`ensure_trainable_input`).
     """
 
     def __init__(
@@ -129,6 +136,7 @@ class FreezeController:
         frozen_dropout: bool = False,
         train_bn: bool = False,
         verify: bool = True,
+        trainable_input: bool = True,
     ) -> None:
         self.model = model
         self.layer_map = layer_map
@@ -138,6 +146,8 @@ class FreezeController:
         self.frozen_dropout = frozen_dropout
         self.train_bn = train_bn
         self.verifier = FreezeVerifier() if verify else None
+        self.trainable_input = trainable_input
+        self._input_hook: RemovableHandle | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.plan: Plan | None = None
         self.lr_factor = 1.0
@@ -146,16 +156,12 @@ class FreezeController:
     # -- plans -------------------------------------------------------------------------------------------------
     def apply(self, plan: Plan) -> bool:
         """Make ``plan`` current. Returns True when anything changed."""
-        missing = set(self.layer_map.names) - set(plan)
-        if missing:
-            raise ValueError(f"plan does not cover layer groups {sorted(missing)}")
+        self._check_plan(plan)
         old = self.plan or {}
         if plan == old:
             return False
         to_freeze = [n for n in self.layer_map.names if plan[n].frozen and (n not in old or not old[n].frozen)]
         to_unfreeze = [n for n in self.layer_map.names if not plan[n].frozen and (n not in old or old[n].frozen)]
-        if not any(not s.frozen for s in plan.values()):
-            raise ValueError("the plan freezes every layer group: nothing would train")
         for name in to_freeze:
             self._freeze(name)
         for name in to_unfreeze:
@@ -164,11 +170,37 @@ class FreezeController:
             if not setting.frozen and name not in to_unfreeze and old[name].lr_multiplier != setting.lr_multiplier:
                 self._set_multiplier(name, setting.lr_multiplier)
         self.plan = dict(plan)
+        self._place_input_hook()
         if to_freeze:
             self.history.append(("freeze", to_freeze))
         if to_unfreeze and old:
             self.history.append(("unfreeze", to_unfreeze))
         return True
+
+    def _check_plan(self, plan: Plan) -> None:
+        """Reject plans that name the wrong groups or leave nothing to train, before anything is changed."""
+        names = set(self.layer_map.names)
+        missing, unknown = names - set(plan), set(plan) - names
+        if missing:
+            raise ValueError(f"plan does not cover layer groups {sorted(missing)}")
+        if unknown:
+            raise ValueError(f"plan names unknown layer groups {sorted(unknown)}; groups are {self.layer_map.names}")
+        if not any(self.layer_map.group(n).params for n in names if not plan[n].frozen):
+            raise ValueError("the plan freezes every layer group that has parameters: nothing would train")
+
+    def _place_input_hook(self) -> None:
+        """Re-place the trainable-input hook for the current plan (the first trainable block moves with the plan)."""
+        if self._input_hook is not None:
+            self._input_hook.remove()
+            self._input_hook = None
+        if self.trainable_input and self.plan is not None:
+            self._input_hook = ensure_trainable_input(self.model, self.layer_map, self.plan)
+
+    def remove_hooks(self) -> None:
+        """Detach the controller's forward hooks from the model (e.g. before exporting it)."""
+        if self._input_hook is not None:
+            self._input_hook.remove()
+            self._input_hook = None
 
     def _params(self, name: str) -> list[nn.Parameter]:
         return [p for _, p in self.layer_map.group(name).params]
@@ -245,16 +277,22 @@ class FreezeController:
         return out
 
     def trainable_params(self) -> int:
+        """Number of trainable parameter elements (what the optimizer updates)."""
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def frozen_params(self) -> int:
+        """Number of frozen parameter elements."""
         return sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
 
     # -- modes ------------------------------------------------------------------------------------------------------
     def train_mode(self) -> None:
-        """``model.train()``, then frozen blocks back to eval (dropout/BatchNorm per the two explicit settings).
+        """``model.train()``, then frozen blocks back to eval, except as the two explicit settings say.
 
-        ``model.eval()`` is not freezing, and ``requires_grad`` is not eval mode: this is where the two meet.
+        ``model.eval()`` is not freezing, and ``requires_grad`` is not eval mode: this is where the two meet. A frozen
+        block in train mode still changes: BatchNorm updates its running statistics and dropout makes its output random
+        (so it cannot be cached). ``frozen_dropout=True`` leaves frozen blocks in train mode (transformers' attention
+        dropout is functional, gated by the attention module's own ``training`` flag, so switching only ``nn.Dropout``
+        modules would not do); BatchNorm follows ``train_bn`` either way.
         """
         self.model.train()
         if self.plan is None:
@@ -263,13 +301,10 @@ class FreezeController:
             if not setting.frozen:
                 continue
             for module in self.layer_map.group(name).modules(self.model):
+                module.train(self.frozen_dropout)
                 for sub in module.modules():
                     if isinstance(sub, _BN_TYPES):
                         sub.train(self.train_bn)
-                    elif isinstance(sub, _DROPOUT_TYPES):
-                        sub.train(self.frozen_dropout)
-                    else:
-                        sub.train(False)
 
     def eval_mode(self) -> None:
         self.model.eval()
@@ -279,7 +314,58 @@ class FreezeController:
         return self.verifier.finish() if self.verifier is not None else True
 
     def require_verified(self) -> None:
-        if self.verifier is not None and not self.verifier.verified:
+        """Raise :class:`FrozenParameterChanged` unless every frozen interval so far (including the groups frozen now)
+        left its parameters bit-identical."""
+        if not self.finish():
+            assert self.verifier is not None
             raise FrozenParameterChanged(
                 f"frozen parameters changed in groups {self.verifier.failures}: the freeze did not hold"
             )
+
+
+def first_trainable_block(layer_map: LayerMap, plan: Plan) -> int | None:
+    """Index of the block whose input nothing upstream makes require grad: the lowest trainable block when the
+    embeddings (or the raw input, for models without an embeddings group) and every block below it are frozen.
+    ``None`` when the embeddings train (their output already requires grad) or no block trains."""
+    if EMBEDDINGS in layer_map.names and layer_map.group(EMBEDDINGS).params and not plan[EMBEDDINGS].frozen:
+        return None
+    for i in range(layer_map.num_layers):
+        if not plan[layer_name(i)].frozen:
+            return i if layer_map.group(layer_name(i)).params else None
+    return None
+
+
+def ensure_trainable_input(model: nn.Module, layer_map: LayerMap, plan: Plan) -> RemovableHandle | None:
+    """Register a forward pre-hook on the first trainable block (see :func:`first_trainable_block`) that replaces its
+    hidden-states input (first positional argument, else ``hidden_states=``) by ``x.detach().requires_grad_(True)``
+    when ``x`` does not require grad. Returns the hook handle (``None`` when no block needs it).
+
+    Why: a reentrant checkpoint (``use_reentrant=True``) only back-propagates into a block when one of its inputs
+    requires grad, so under ``bottom_n`` the lowest trainable block got no gradients at all. The hook cuts no gradient
+    path (the input had none) and costs one input gradient per step. It runs outside the checkpoint with transformers
+    layers (they checkpoint ``forward``, not ``__call__``); a hand-written ``checkpoint(block, x)`` runs the hook inside
+    the checkpoint, so there use ``use_reentrant=False`` (PyTorch's recommended mode, which needs no hook).
+    """
+    index = first_trainable_block(layer_map, plan)
+    if index is None:
+        return None
+    block = model.get_submodule(layer_map.layer_paths[index])
+    return block.register_forward_pre_hook(_require_grad_input, with_kwargs=True)
+
+
+def _needs_grad_leaf(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.is_floating_point() and not x.requires_grad
+
+
+def _require_grad_input(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    if not torch.is_grad_enabled():
+        return None  # evaluation: nothing to back-propagate
+    if args:
+        if _needs_grad_leaf(args[0]):
+            return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
+        return None
+    if _needs_grad_leaf(kwargs.get("hidden_states")):
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"].detach().requires_grad_(True)}
+    return None

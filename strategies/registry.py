@@ -23,7 +23,9 @@ from strategies.none import NoFreeze
 
 ENTRY_POINT_GROUP = "freeze_sweeps.strategies"
 
-BUILTINS: dict[str, type[Strategy]] = {cls.name: cls for cls in (NoFreeze, FreezeEmbeddings, BottomN, Gradual, Discriminative)}
+BUILTINS: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (NoFreeze, FreezeEmbeddings, BottomN, Gradual, Discriminative)
+}
 _registered: dict[str, type[Strategy]] = {}
 
 
@@ -35,7 +37,11 @@ def register(cls: type[Strategy]) -> type[Strategy]:
     """Class decorator: make ``cls`` available under ``cls.name`` in this process."""
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise TypeError(f"{cls!r} is not a Strategy subclass")
-    _registered[cls.name] = cls
+    name = getattr(cls, "name", None)
+    # "+" composes and ":" marks an import reference: a name containing either could never be resolved.
+    if not isinstance(name, str) or not name or "+" in name or ":" in name:
+        raise TypeError(f"{cls.__qualname__}.name must be a non-empty string without '+' or ':', got {name!r}")
+    _registered[name] = cls
     return cls
 
 
@@ -77,7 +83,10 @@ def resolve_one(name: str) -> type[Strategy]:
         return _import_reference(name)
     eps = _entry_point_names()
     if name in eps:
-        cls = eps[name].load()
+        try:
+            cls = eps[name].load()
+        except (ImportError, AttributeError) as exc:
+            raise UnknownStrategyError(f"entry point {name!r} ({eps[name].value}) cannot be loaded: {exc}") from exc
         if not (isinstance(cls, type) and issubclass(cls, Strategy)):
             raise UnknownStrategyError(f"entry point {name!r} does not load a Strategy subclass")
         return cls
@@ -91,7 +100,7 @@ def resolve_one(name: str) -> type[Strategy]:
 
 def resolve(name: str) -> list[type[Strategy]]:
     """The classes a (possibly composed, ``a+b``) strategy name stands for."""
-    parts = [p for p in name.split("+")]
+    parts = name.split("+")
     if any(not p.strip() for p in parts):
         raise UnknownStrategyError(f"strategy name {name!r} has an empty part")
     return [resolve_one(p) for p in parts]

@@ -444,7 +444,13 @@ class StudyRunner:
         self.tracker.log_json(
             run_id, {"labels": self.ctx.data.label_names, "matrix": outcome.confusion.tolist()}, "confusion_matrix.json"
         )
-        self.tracker.log_json(run_id, [{"epoch": e.epoch, **e.metrics, **{f"lr/{k}": v for k, v in e.learning_rates.items()}} for e in outcome.epochs], "epochs.json")
+        epochs = [
+            {"epoch": e.epoch, **e.metrics, **{f"lr/{k}": v for k, v in e.learning_rates.items()}} for e in outcome.epochs
+        ]
+        self.tracker.log_json(run_id, epochs, "epochs.json")
+        trial_dir = self.output / "trials"
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        (trial_dir / f"trial_{trial.number}_epochs.json").write_text(json.dumps(epochs, indent=1))
         preds_dir = self.output / "predictions"
         preds_dir.mkdir(parents=True, exist_ok=True)
         path = preds_dir / f"trial_{trial.number}_{'oof' if self.spec.task.cv.folds >= 2 else 'validation'}.csv"
