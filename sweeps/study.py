@@ -286,6 +286,7 @@ class StudyRunner:
             self.say(f"recovered trials {recovered} left running by a dead worker: marked failed")
         if self.ctx is None:
             self.prepare()
+        self._cover_strategies()
         n_trials = self.spec.optuna.n_trials
         deadline = time.monotonic() + self.spec.optuna.timeout if self.spec.optuna.timeout else None
         reports = []
@@ -300,6 +301,16 @@ class StudyRunner:
                 break
             reports.append(report)
         return reports
+
+    def _cover_strategies(self) -> None:
+        """Every strategy in the study file gets a trial before the sampler takes over: with a few trials, a sampler's
+        random start-up could otherwise leave a strategy untried and the comparison would be silent about it."""
+        if len(self.spec.strategies) < 2:
+            return
+        tried = {t.params.get("strategy") for t in self.study.get_trials(deepcopy=False)}
+        for entry in self.spec.strategies:
+            if entry.name not in tried:
+                self.study.enqueue_trial({"strategy": entry.name}, skip_if_exists=True)
 
     def run_one(self, n_trials: int | None) -> TrialReport | None:
         from sweeps.search import suggest
