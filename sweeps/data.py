@@ -17,9 +17,12 @@ the split's content, so the trials of a study tokenise each split once.
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import hashlib
 import json
+import lzma
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +65,9 @@ _EXTENSIONS = {
     ".parquet": "parquet",
     ".pq": "parquet",
 }
+
+# Compression suffixes looked through when guessing the format (pandas decompresses by extension itself).
+_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zip")
 
 _INT_RE = re.compile(r"^[+-]?\d+$")
 _MAX_LISTED = 5  # how many offending rows an error message lists
@@ -154,18 +160,46 @@ def _source_name(cfg: Any) -> str:
 def _format_for(path: Path, source: str, field_name: str) -> str:
     if source not in ("auto", "hub"):
         return source
-    fmt = _EXTENSIONS.get(path.suffix.lower())
+    name = path.name.lower()
+    for compression in _COMPRESSIONS:
+        if name.endswith(compression):
+            name = name[: -len(compression)]
+            break
+    suffix = Path(name).suffix
+    fmt = _EXTENSIONS.get(suffix)
     if fmt is None:
         raise DataError(
-            f"data.{field_name}: cannot tell the format of {path} from its extension {path.suffix!r}; "
+            f"data.{field_name}: cannot tell the format of {path} from its extension {suffix!r}; "
             f"set data.source to one of csv, tsv, json, jsonl, parquet"
         )
     return fmt
 
 
+def _open_text(path: Path) -> Any:
+    """Open a possibly compressed file as text (for the two peeks pandas cannot do for us)."""
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    if name.endswith(".bz2"):
+        return bz2.open(path, "rt", encoding="utf-8", errors="replace")
+    if name.endswith(".xz"):
+        return lzma.open(path, "rt", encoding="utf-8", errors="replace")
+    return path.open(encoding="utf-8", errors="replace")
+
+
+def _json_is_array(path: Path) -> bool:
+    """Whether a .json file holds one JSON array (else it is read as JSON Lines, which datasets' to_json writes)."""
+    if path.name.lower().endswith((".zst", ".zip")):
+        return False
+    with _open_text(path) as fh:
+        return fh.read(4096).lstrip().startswith("[")
+
+
 def _jsonl_error_line(path: Path) -> str:
     """Find the first line of a JSON Lines file that does not parse (pandas' own message gives only an offset)."""
-    with path.open(encoding="utf-8", errors="replace") as fh:
+    if path.name.lower().endswith((".zst", ".zip")):
+        return "no line number for this compression"
+    with _open_text(path) as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -197,9 +231,7 @@ def _read_file(path: Path, fmt: str, field_name: str) -> _Raw:
             )
             line_offset = 2
         elif fmt in ("json", "jsonl"):
-            with path.open("rb") as fh:
-                head = fh.read(4096).lstrip()
-            lines = fmt == "jsonl" or not head.startswith(b"[")  # HF's to_json writes JSON Lines into *.json
+            lines = fmt == "jsonl" or not _json_is_array(path)
             try:
                 frame = pd.read_json(path, lines=lines, dtype=False, convert_dates=False, encoding="utf-8")
             except ValueError as exc:
@@ -219,7 +251,9 @@ def _read_file(path: Path, fmt: str, field_name: str) -> _Raw:
         raise DataError(f"{where}: cannot parse as {fmt.upper()}: {detail}") from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"{where}: not UTF-8 text (bad byte at offset {exc.start})") from exc
-    except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+    except ImportError as exc:  # e.g. .zst without the zstandard package
+        raise DataError(f"{where}: cannot decompress: {exc}") from exc
+    except (OSError, ValueError, EOFError) as exc:  # pyarrow.ArrowInvalid is a ValueError
         raise DataError(f"{where}: cannot read as {fmt}: {exc}") from exc
     if len(frame.columns) == 0:
         raise DataError(f"{where}: file has no columns")
@@ -629,8 +663,12 @@ def _tokenizer_digest(tokenizer: Any) -> str:
     return digest.hexdigest()
 
 
-def tokenization_key(tokenizer: Any, max_length: int, fingerprint: str) -> str:
-    """Cache key of a tokenised split: tokenizer (name, vocab size, definition hash), ``max_length``, split content."""
+def tokenization_key(tokenizer: Any, max_length: int, split: datasets.Dataset | str) -> str:
+    """Cache key of a tokenised split: tokenizer (name, vocab size, definition hash), ``max_length``, split content.
+
+    ``split`` is the normalised split itself or its :func:`split_fingerprint` (cheaper when already known).
+    """
+    fingerprint = split if isinstance(split, str) else split_fingerprint(split)
     parts = [
         _FORMAT_VERSION,
         str(getattr(tokenizer, "name_or_path", "")),
@@ -667,7 +705,7 @@ def tokenize_split(
         raise DataError(f"max_length must be positive, got {max_length}")
     if "text" not in ds.column_names:
         raise DataError(f"tokenize_split: expected a normalised split with a 'text' column, got {ds.column_names}")
-    key = tokenization_key(tokenizer, max_length, split_fingerprint(ds))
+    key = tokenization_key(tokenizer, max_length, ds)
     memo_key = f"{key}|{Path(cache_dir).resolve() if cache_dir is not None else ''}"
     if memo_key in _TOKENIZED:
         return _TOKENIZED[memo_key]

@@ -6,6 +6,7 @@ real MiniLM tokenizer and the shared SST-2 file are used where present and skipp
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
@@ -113,6 +114,23 @@ def test_jsonl_json_and_parquet_agree(tmp_path: Path) -> None:
         assert task.label_names == ["neg", "pos"]
         fingerprints.add(task.fingerprint)
     assert len(fingerprints) == 1  # same content, same fingerprint, whatever the format
+
+
+def test_compressed_files(tmp_path: Path) -> None:
+    frame = sentiment_frame(30)
+    frame.to_csv(tmp_path / "train.csv.gz", index=False)
+    frame.to_json(tmp_path / "train.json.gz", orient="records")
+    frame.to_json(tmp_path / "train.jsonl.xz", orient="records", lines=True)
+    fingerprints = {
+        sd.load_task_data(make_cfg(train=str(tmp_path / name))).fingerprint
+        for name in ("train.csv.gz", "train.json.gz", "train.jsonl.xz")
+    }
+    assert fingerprints == {sd.load_task_data(make_cfg(), dataframe=frame).fingerprint}
+    bad = tmp_path / "bad.jsonl.gz"
+    with gzip.open(bad, "wt") as fh:
+        fh.write('{"text": "a", "label": 0}\n{"text": oops}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl\.gz.*line 2"):
+        sd.load_task_data(make_cfg(train=str(bad)))
 
 
 def test_explicit_source_overrides_extension(tmp_path: Path) -> None:
@@ -432,6 +450,7 @@ def test_tokenisation_cache_hit(tokenizer: Any, tmp_path: Path, monkeypatch: pyt
     first = sd.tokenize_split(task.train, tokenizer, 16, tmp_path / "cache")
     assert calls and sum(calls) == len(task.train)
     key = sd.tokenization_key(tokenizer, 16, sd.split_fingerprint(task.train))
+    assert key == sd.tokenization_key(tokenizer, 16, task.train)  # the split itself or its fingerprint
     assert (tmp_path / "cache" / f"tok-{key}.arrow").exists()
 
     calls.clear()
