@@ -1100,12 +1100,25 @@ def _set_path(data: dict[str, Any], parts: list[str | int], value: Any, where: s
             return
         child = node[part] if isinstance(node, list) else node.get(part)
         if child is None:
+            if not _is_container_type(item_tp):
+                raise SpecError(here, f"{where}: {here} is a single value; there is no key inside it to set")
             child = [] if isinstance(parts[i + 1], int) and _is_list_type(item_tp) else {}
             node[part] = child
         if not isinstance(child, (dict, list)):
             raise SpecError(here, f"{where}: cannot set a key inside {_describe(child)}")
         done.append((part, isinstance(node, list)))
         node, tp = child, item_tp
+
+
+def _is_container_type(tp: Any) -> bool:
+    """Whether keys can be set below a value of type ``tp`` (a section, a list, a mapping or a search entry)."""
+    if tp is None or _models_in(tp):
+        return True
+    tp, _ = _unwrap_annotated(tp)
+    members = _union_members(tp)
+    if members is not None:
+        return any(_is_container_type(m) for m in members if m is not type(None))
+    return typing.get_origin(tp) in (list, dict)
 
 
 def _is_list_type(tp: Any) -> bool:
@@ -1296,10 +1309,8 @@ def _resolve_optuna(spec: StudySpec) -> None:
             objective.direction = METRIC_DIRECTIONS[objective.metric]  # type: ignore[assignment]
     cfg.objectives = list(objectives)
     if len(objectives) > 1:
-        if cfg.pruner != "none":
-            if "pruner" in cfg.model_fields_set:
-                raise SpecError("optuna.pruner", "Optuna cannot prune multi-objective studies; set optuna.pruner: none")
-            cfg.pruner = "none"  # the default pruner silently makes way for several objectives
+        # Optuna cannot prune multi-objective studies (trial.report raises): the resolved config says so honestly
+        cfg.pruner = "none"
         if cfg.sampler == "cmaes":
             raise SpecError("optuna.sampler", "cmaes supports one objective only; use nsga2, tpe, random or qmc")
     if cfg.sampler_seed is None:
