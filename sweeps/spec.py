@@ -1080,9 +1080,11 @@ def _set_path(data: dict[str, Any], parts: list[str | int], value: Any, where: s
     done: list[tuple[Any, bool]] = []
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
-        here = _format_path([*done, (part, isinstance(node, list))])
+        here = _format_path([*done, (part, isinstance(node, list) and isinstance(part, int))])
         if isinstance(node, list):
-            if not isinstance(part, int) or not -len(node) <= part <= len(node):
+            if not isinstance(part, int):
+                raise SpecError(here, f"{where}: {_format_path(done)} is a list; use an index such as [0]")
+            if not -len(node) <= part <= len(node):
                 raise SpecError(here, f"{where}: index {part!r} is out of range (the list has {len(node)} item(s))")
             part = part + len(node) if part < 0 else part  # -1 is the last item; len(node) appends
             item_tp = _step_type(tp, 0)

@@ -526,6 +526,7 @@ OVERRIDE_ERRORS = [
     ("trainig.epochs=5", "trainig", "did you mean 'training'"),
     ("strategies[1].params.n.hig=9", "strategies[1].params.n.hig", "did you mean 'high'"),
     ("strategies[7].name=x", "strategies[7]", "out of range"),
+    ("strategies.name=x", "strategies.name", "is a list"),
     ("training.epochs.x=1", "training.epochs", "single value"),
     ("strategies[1].params.n=4\x00", "strategies[1].params.n", "not valid YAML"),
     ("training.epochs=[1", "training.epochs", "not valid YAML"),
