@@ -5,6 +5,8 @@ These tests compare tensors with ``torch.equal`` (exact), never with a tolerance
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import tiny_models as tm
 import torch
@@ -343,8 +345,8 @@ def test_transformer_frozen_blocks_deterministic() -> None:
 # -- gradient checkpointing --------------------------------------------------------------------------------------------
 
 
-def checkpointed_bert(hf_input_hook: bool) -> tuple[nn.Module, LayerMap]:
-    model = tm.bert()
+def checkpointed_model(hf_input_hook: bool, builder: Callable[[], nn.Module] = tm.bert) -> tuple[nn.Module, LayerMap]:
+    model = builder()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     if not hf_input_hook:
         # transformers makes the embedding output require grad; models without input embeddings (or a hand-built
@@ -363,14 +365,26 @@ def checkpoint_grads(model: nn.Module, layer_map: LayerMap, trainable_input: boo
 
 @pytest.mark.parametrize("hf_input_hook", [False, True])
 def test_gradient_checkpointing_first_trainable_block_gets_grads(hf_input_hook: bool) -> None:
-    model, layer_map = checkpointed_bert(hf_input_hook)
+    model, layer_map = checkpointed_model(hf_input_hook)
     grads = checkpoint_grads(model, layer_map, trainable_input=True)
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.parametrize(
+    "builder",
+    [tm.roberta, tm.xlm_roberta, tm.distilbert, tm.electra, tm.deberta_v2, tm.modernbert, tm.gpt2, tm.llama],
+    ids=lambda b: b.__name__,
+)
+def test_gradient_checkpointing_hook_across_architectures(builder: Callable[[], nn.Module]) -> None:
+    """Every block layout passes its hidden states the way the hook expects (first positional argument)."""
+    model, layer_map = checkpointed_model(hf_input_hook=False, builder=builder)
+    grads = checkpoint_grads(model, layer_map, trainable_input=True)
+    assert all(g is not None for g in grads)
+
+
 def test_gradient_checkpointing_without_hook_loses_grads() -> None:
     """Control: the hazard is real, so the test above proves the hook, not luck."""
-    model, layer_map = checkpointed_bert(hf_input_hook=False)
+    model, layer_map = checkpointed_model(hf_input_hook=False)
     with pytest.warns(UserWarning, match="None of the inputs have requires_grad"):
         grads = checkpoint_grads(model, layer_map, trainable_input=False)
     assert all(g is None for g in grads)
