@@ -35,6 +35,7 @@ def _setup_logging(output: Path | None, quiet: bool, verbose: bool) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.DEBUG if verbose else logging.INFO)
         root.addHandler(handler)
+    optuna_logging_off()
     for noisy in ("optuna", "mlflow", "alembic", "urllib3", "transformers", "datasets", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -42,6 +43,7 @@ def _setup_logging(output: Path | None, quiet: bool, verbose: bool) -> None:
         import transformers
 
         transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
         import datasets
 
         datasets.disable_progress_bars()
@@ -49,10 +51,23 @@ def _setup_logging(output: Path | None, quiet: bool, verbose: bool) -> None:
         pass
 
 
+def optuna_logging_off() -> None:
+    """Optuna logs every trial itself; our own progress lines say more (strategy, epoch, memory)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study file (YAML)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field, typed like the YAML (repeatable), e.g. --set training.epochs=1")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, typed like the YAML (repeatable), e.g. --set training.epochs=1",
+    )
     p.add_argument("--output", help="study folder (default: the file's `output`, else runs/<name>)")
 
 
@@ -64,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run (or resume) the study: every trial logged to MLflow")
     _add_spec_args(run)
-    run.add_argument("--workers", type=int, default=1, help="worker processes on this machine (one GPU each when available)")
+    run.add_argument(
+        "--workers", type=int, default=1, help="worker processes on this machine (one GPU each when available)"
+    )
     run.add_argument("--no-report", action="store_true", help="skip writing the HTML report at the end")
 
     validate = sub.add_parser("validate", help="check a study file without running it")
@@ -121,7 +138,8 @@ def _run_here(spec: Any, out: Path, report: bool = True) -> int:
     except KeyboardInterrupt:
         log.warning(
             "\nInterrupted: the current trial was recorded as failed (interrupted). Completed trials are kept.\n"
-            "Resume with the same command: python -m sweeps run %s%s", spec.source_path,
+            "Resume with the same command: python -m sweeps run %s%s",
+            spec.source_path,
             f" --output {out}" if spec.output is None else "",
         )
         return EXIT_INTERRUPTED
@@ -146,8 +164,10 @@ def _summary(runner: Any, out: Path, report: bool) -> None:
         try:
             from sweeps.report import write_report
 
-            report_path = write_report(runner.spec, out, study=study, tracker=runner.tracker, parent_run_id=runner.parent_run_id)
-        except Exception as exc:  # noqa: BLE001 - a report failure must not hide the study's results
+            report_path = write_report(
+                runner.spec, out, study=study, tracker=runner.tracker, parent_run_id=runner.parent_run_id
+            )
+        except Exception as exc:
             log.warning("report not written: %s", exc)
     if runner.parent_run_id:
         runner.tracker.end_run(runner.parent_run_id, "FINISHED")
@@ -157,14 +177,17 @@ def _summary(runner: Any, out: Path, report: bool) -> None:
             states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     lines = ["", f"study {study.study_name}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))]
     try:
-        bests = study.best_trials
+        bests = study.best_trials if len(study.directions) > 1 else [study.best_trial]
     except ValueError:
         bests = []
     for best in bests[:5]:
         metrics = {k.split(".", 1)[1]: v for k, v in best.user_attrs.items() if k.startswith("metric.")}
-        shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("accuracy", "f1_macro", "epoch_time_s", "peak_memory_mb") if k in metrics)
+        shown = ", ".join(
+            f"{k}={metrics[k]:.4g}" for k in ("accuracy", "f1_macro", "epoch_time_s", "peak_memory_mb") if k in metrics
+        )
         lines.append(f"best trial {best.number}: {best.user_attrs.get('strategy')} {best.params} {shown}")
-    lines.append(f"MLflow: mlflow ui --backend-store-uri {mask_secrets(runner.tracker.uri)}  (experiment {runner.tracker.experiment_name!r})")
+    uri = mask_secrets(runner.tracker.uri)
+    lines.append(f"MLflow: mlflow ui --backend-store-uri {uri}  (experiment {runner.tracker.experiment_name!r})")
     if report_path:
         lines.append(f"report: {report_path}")
     lines.append(f"study folder: {out}")
@@ -186,8 +209,17 @@ def _run_workers(args: argparse.Namespace, spec: Any, out: Path) -> int:
         env = dict(os.environ)
         if gpus >= args.workers:
             env["CUDA_VISIBLE_DEVICES"] = str(i)
-        cmd = [sys.executable, "-m", "sweeps", "--quiet" if args.quiet else "-v" if args.verbose else "--quiet",
-               "run", args.study, "--output", str(out), "--no-report"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sweeps",
+            "--quiet" if args.quiet else "-v" if args.verbose else "--quiet",
+            "run",
+            args.study,
+            "--output",
+            str(out),
+            "--no-report",
+        ]
         for o in args.overrides:
             cmd += ["--set", o]
         if spec.training.num_threads is None and gpus < args.workers:
@@ -200,7 +232,6 @@ def _run_workers(args: argparse.Namespace, spec: Any, out: Path) -> int:
         for p in procs:
             p.wait()
         return EXIT_INTERRUPTED
-    runner.prepare_tracking_only = True
     _summary(runner, out, report=not args.no_report)
     if all(c != 0 for c in codes):
         return max(codes)
@@ -238,7 +269,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif args.format == "json":
         print(table.to_json(orient="records", indent=2))
     elif args.format == "markdown":
-        print(table.to_markdown(index=False))
+        from sweeps.report import to_markdown
+
+        print(to_markdown(table))
     else:
         print(table.to_string(index=False) if len(table) else "(no trials yet)")
     path = write_report(spec, out, study=study)
@@ -305,7 +338,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _setup_logging(None, args.quiet, args.verbose)
     from sweeps.predict import predict_submission
 
-    path = predict_submission(spec, out, test=args.test, out_path=Path(args.out) if args.out else None, proba=args.proba)
+    path = predict_submission(
+        spec, out, test=args.test, out_path=Path(args.out) if args.out else None, proba=args.proba
+    )
     print(f"wrote {path}")
     return EXIT_OK
 

@@ -15,7 +15,9 @@ class SweepsError(Exception):
 
 
 class SpecError(SweepsError):
-    """The study file (or a ``--set`` override) is invalid. ``path`` is the YAML path, e.g. ``strategies[1].params.n``."""
+    """The study file (or a ``--set`` override) is invalid.
+
+    ``path`` is the YAML path, e.g. ``strategies[1].params.n``."""
 
     exit_code = EXIT_INVALID
 

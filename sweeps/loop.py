@@ -142,9 +142,7 @@ class TrainingLoop:
         self.on_epoch_end = on_epoch_end
         self.on_step = on_step
         self.global_step = 0
-        self.scaler = (
-            torch.amp.GradScaler("cuda") if config.precision == "fp16" and device.type == "cuda" else None
-        )
+        self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" and device.type == "cuda" else None
 
     # -- plan -----------------------------------------------------------------------------------------------------
     def _apply_plan(self, epoch: int) -> bool:

@@ -79,7 +79,7 @@ def load_tokenizer(source: ModelSource):
 
     try:
         return AutoTokenizer.from_pretrained(source.location, revision=source.revision)
-    except Exception as exc:  # noqa: BLE001 - every loader failure becomes one clear message
+    except Exception as exc:
         raise _hub_hint(source, exc) from exc
 
 
@@ -95,8 +95,10 @@ def load_classifier(source: ModelSource, label_names: list[str]):
             num_labels=len(label_names),
             id2label=id2label,
             label2id={v: k for k, v in id2label.items()},
+            # a checkpoint that already has a classifier for another label set gets a fresh head of the right size
+            ignore_mismatched_sizes=True,
         )
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise _hub_hint(source, exc) from exc
     if getattr(model.config, "pad_token_id", None) is None:
         # decoder classifiers (GPT-2, Llama) need a pad id to find the last real token of each row

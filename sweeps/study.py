@@ -54,6 +54,11 @@ def open_storage(spec: Any, output: Path) -> optuna.storages.BaseStorage:
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 120}
+    import warnings
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # we run the heartbeat thread ourselves around each asked trial (ask/tell), which Optuna warns about
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     try:
         return optuna.storages.RDBStorage(
             url,
@@ -61,7 +66,7 @@ def open_storage(spec: Any, output: Path) -> optuna.storages.BaseStorage:
             heartbeat_interval=spec.optuna.heartbeat_interval,
             grace_period=max(2 * spec.optuna.heartbeat_interval, 60),
         )
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         from sweeps.spec import mask_secrets
 
         raise SweepsError(f"optuna.storage: cannot open {mask_secrets(url)}: {type(exc).__name__}: {exc}") from exc
@@ -179,16 +184,20 @@ def recover_dead_trials(study: optuna.Study, tracker: Tracker, retry_failed: int
     Optuna's heartbeat (``fail_stale_trials``) once their heartbeat is older than the grace period.
     """
     recovered = []
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
     storage = study._storage
-    if isinstance(storage, optuna.storages.BaseHeartbeat) and storage.is_heartbeat_enabled():
+    if is_heartbeat_enabled(storage):
         optuna.storages.fail_stale_trials(study)
     for trial in study.get_trials(deepcopy=False):
         if trial.state == TrialState.RUNNING:
             host, pid = trial.user_attrs.get("host"), trial.user_attrs.get("pid")
-            if host != HOST or pid is None or _pid_alive(int(pid)) and int(pid) != os.getpid():
+            if host != HOST or pid is None or (_pid_alive(int(pid)) and int(pid) != os.getpid()):
                 continue
             storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-        elif not (trial.state == TrialState.FAIL and trial.user_attrs.get("pid") and "fail_reason" not in trial.user_attrs):
+        elif not (
+            trial.state == TrialState.FAIL and trial.user_attrs.get("pid") and "fail_reason" not in trial.user_attrs
+        ):
             continue
         # a trial failed without our own bookkeeping: its worker died (here, or by heartbeat elsewhere)
         storage.set_trial_user_attr(trial._trial_id, "worker_died", True)
@@ -223,7 +232,9 @@ def _heartbeat(study: optuna.Study, trial: optuna.Trial):
 class StudyRunner:
     """Runs trials of one study in this process until the budget (``n_trials``/``timeout``) is used up."""
 
-    def __init__(self, spec: Any, output: Path, *, dataframe: Any = None, progress: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, spec: Any, output: Path, *, dataframe: Any = None, progress: Callable[[str], None] | None = None
+    ) -> None:
         self.spec = spec
         self.output = output
         self.output.mkdir(parents=True, exist_ok=True)
@@ -259,7 +270,9 @@ class StudyRunner:
                 check_strategy(entry.name, dict(entry.params), layer_map, index=i)
         self.num_layers = layer_map.num_layers
         del model, layer_map
-        self.parent_run_id = self.tracker.parent_run(self.study, self.spec.name, {"sweeps.study": self.study.study_name})
+        self.parent_run_id = self.tracker.parent_run(
+            self.study, self.spec.name, {"sweeps.study": self.study.study_name}
+        )
         if self.parent_run_id and not self._parent_has_params():
             self.tracker.log_text(self.parent_run_id, self.spec.dump_yaml(masked=True), "study.yaml")
             self.tracker.log_params(
@@ -276,7 +289,7 @@ class StudyRunner:
     def _parent_has_params(self) -> bool:
         try:
             return bool(self.tracker.client.get_run(self.parent_run_id).data.params)
-        except Exception:  # noqa: BLE001
+        except Exception:
             return False
 
     # -- loop -----------------------------------------------------------------------------------------------------
@@ -350,7 +363,9 @@ class StudyRunner:
             return self._execute(trial, params, run_id)
 
     def _is_surplus(self, trial: optuna.Trial, n_trials: int) -> bool:
-        before = [t for t in self.study.get_trials(deepcopy=False) if t.number < trial.number and counts_toward_budget(t)]
+        before = [
+            t for t in self.study.get_trials(deepcopy=False) if t.number < trial.number and counts_toward_budget(t)
+        ]
         return len(before) >= n_trials
 
     def _execute(self, trial: optuna.Trial, params: Any, run_id: str | None) -> TrialReport:
@@ -361,7 +376,10 @@ class StudyRunner:
         metric = self.spec.task.metric
         model_dir = self.output / "models" / f"trial_{trial.number}"
 
+        epochs_so_far: list[Any] = []
+
         def on_epoch_end(result: Any) -> None:
+            epochs_so_far.append(result)
             lrs = {f"lr/{name}": lr for name, lr in result.learning_rates.items()}
             self.tracker.log_metrics(run_id, {**result.metrics, **lrs}, step=result.epoch)
             self.say(
@@ -379,7 +397,9 @@ class StudyRunner:
 
         def on_fold_end(fold: int, running: dict[str, float]) -> None:
             self.tracker.log_metrics(run_id, {f"cv/{k}": v for k, v in running.items()}, step=fold)
-            self.say(f"  trial {trial.number} fold {fold + 1}/{self.spec.task.cv.folds}: mean {metric}={running[metric]:.4f}")
+            self.say(
+                f"  trial {trial.number} fold {fold + 1}/{self.spec.task.cv.folds}: mean {metric}={running[metric]:.4f}"
+            )
             if not multi:
                 trial.report(running[metric], step=fold)
                 if trial.should_prune():
@@ -387,11 +407,17 @@ class StudyRunner:
 
         try:
             outcome = run_trial(
-                self.ctx, params.strategy, params.strategy_params, params.training,
-                on_epoch_end=on_epoch_end, on_fold_end=on_fold_end, model_dir=model_dir,
+                self.ctx,
+                params.strategy,
+                params.strategy_params,
+                params.training,
+                on_epoch_end=on_epoch_end,
+                on_fold_end=on_fold_end,
+                model_dir=model_dir,
             )
         except optuna.TrialPruned as exc:
             remove_dir(model_dir)
+            self._write_epochs(trial.number, epochs_so_far)
             self.study.tell(trial, state=TrialState.PRUNED)
             self.tracker.set_tags(run_id, {"sweeps.status": "pruned", "sweeps.prune_reason": str(exc)})
             self.tracker.end_run(run_id, "FINISHED")
@@ -405,7 +431,7 @@ class StudyRunner:
             self.tracker.set_tags(run_id, {"sweeps.status": "failed", "sweeps.fail_reason": "interrupted (Ctrl-C)"})
             self.tracker.end_run(run_id, "KILLED")
             raise
-        except Exception as exc:  # noqa: BLE001 - one trial's failure must not end the study
+        except Exception as exc:
             remove_dir(model_dir)
             release_memory(self.ctx.device)
             reason = _failure_reason(exc)
@@ -455,18 +481,23 @@ class StudyRunner:
         self.tracker.log_json(
             run_id, {"labels": self.ctx.data.label_names, "matrix": outcome.confusion.tolist()}, "confusion_matrix.json"
         )
-        epochs = [
-            {"epoch": e.epoch, **e.metrics, **{f"lr/{k}": v for k, v in e.learning_rates.items()}} for e in outcome.epochs
-        ]
+        epochs = self._write_epochs(trial.number, outcome.epochs)
         self.tracker.log_json(run_id, epochs, "epochs.json")
-        trial_dir = self.output / "trials"
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        (trial_dir / f"trial_{trial.number}_epochs.json").write_text(json.dumps(epochs, indent=1))
         preds_dir = self.output / "predictions"
         preds_dir.mkdir(parents=True, exist_ok=True)
         path = preds_dir / f"trial_{trial.number}_{'oof' if self.spec.task.cv.folds >= 2 else 'validation'}.csv"
         _write_predictions(path, outcome, self.ctx.data.label_names)
         self.tracker.log_file(run_id, path, "predictions")
+
+    def _write_epochs(self, number: int, results: list[Any]) -> list[dict[str, Any]]:
+        """Per-epoch series in the study folder (the report's learning curves; pruned trials too)."""
+        epochs = [
+            {"epoch": e.epoch, **e.metrics, **{f"lr/{k}": v for k, v in e.learning_rates.items()}} for e in results
+        ]
+        trial_dir = self.output / "trials"
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        (trial_dir / f"trial_{number}_epochs.json").write_text(json.dumps(epochs, indent=1))
+        return epochs
 
     def _keep_if_best(self, number: int, model_dir: Path, run_id: str | None) -> None:
         """Keep the saved model of the best trial only (by the first objective); remove the others."""
@@ -503,7 +534,7 @@ class _LayerCount:
 
 
 def _is_search(value: Any) -> bool:
-    return isinstance(value, dict) or hasattr(value, "model_fields") and hasattr(value, "type")
+    return isinstance(value, dict) or (hasattr(value, "model_fields") and hasattr(value, "type"))
 
 
 def _has_search(entry: Any) -> bool:
@@ -513,7 +544,7 @@ def _has_search(entry: Any) -> bool:
 def _failure_reason(exc: BaseException) -> str:
     import torch
 
-    if isinstance(exc, torch.OutOfMemoryError) or isinstance(exc, MemoryError):
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return f"out of memory: {exc}".strip()
     return f"{type(exc).__name__}: {exc}"
 

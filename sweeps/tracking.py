@@ -62,14 +62,14 @@ class Tracker:
                 location = artifact_root.resolve().as_uri() if artifact_root and not uri.startswith("http") else None
                 try:
                     self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-                except Exception:  # noqa: BLE001 - another worker created it first
+                except Exception:
                     found = self.client.get_experiment_by_name(experiment)
                     if found is None:
                         raise
                     self.experiment_id = found.experiment_id
             else:
                 self.experiment_id = found.experiment_id
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             from sweeps.spec import mask_secrets
 
             raise SweepsError(f"tracking.uri: cannot use MLflow tracking at {mask_secrets(uri)}: {exc}") from exc
@@ -87,13 +87,15 @@ class Tracker:
                     if run.info.status != "RUNNING":
                         self.client.update_run(run_id, status="RUNNING")
                     return run_id
-            except Exception:  # noqa: BLE001 - the run was deleted or the store changed: make a new one
+            except Exception:
                 log.warning("parent run %s not found in %s; creating a new one", run_id, self.uri)
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, "sweeps.role": "study"})
         study.set_user_attr(PARENT_ATTR, run.info.run_id)
         return run.info.run_id
 
-    def start_trial(self, parent_id: str | None, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str | None:
+    def start_trial(
+        self, parent_id: str | None, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]
+    ) -> str | None:
         if not self.enabled:
             return None
         all_tags = {**tags, "sweeps.role": "trial"}
@@ -120,7 +122,9 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+        items = [
+            Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
+        ]
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i : i + 500])
 
@@ -142,7 +146,7 @@ class Tracker:
             return None
         try:
             return self.client.get_run(run_id).info.status
-        except Exception:  # noqa: BLE001
+        except Exception:
             return None
 
     # -- artifacts ------------------------------------------------------------------------------------------------
@@ -170,4 +174,6 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(artifact_file).name
             figure.savefig(path, dpi=100, bbox_inches="tight")
-            self.client.log_artifact(run_id, str(path), str(Path(artifact_file).parent) if "/" in artifact_file else None)
+            self.client.log_artifact(
+                run_id, str(path), str(Path(artifact_file).parent) if "/" in artifact_file else None
+            )

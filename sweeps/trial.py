@@ -62,6 +62,16 @@ def layer_spec(spec: Any) -> LayerSpec | None:
     )
 
 
+def resolved_data_config(spec: Any) -> Any:
+    """``task.data`` with file locations made absolute against the study file's folder (hub splits stay names), so
+    a study runs the same from any working directory."""
+    cfg = spec.task.data
+    if cfg.source == "hub":
+        return cfg
+    update = {k: str(spec.resolve_path(v)) for k in ("train", "validation", "test") if (v := getattr(cfg, k))}
+    return cfg.model_copy(update=update)
+
+
 @dataclass
 class StudyContext:
     """Per-process state shared by every trial of a study: built once, read by each trial."""
@@ -84,7 +94,7 @@ class StudyContext:
         device = resolve_device(spec.training.device)
         if spec.training.num_threads:
             torch.set_num_threads(spec.training.num_threads)
-        data = data_mod.load_task_data(spec.task.data, dataframe=dataframe)
+        data = data_mod.load_task_data(resolved_data_config(spec), dataframe=dataframe)
         source = resolve_model(spec.task.model, spec.base_dir, spec.task.revision)
         tokenizer = load_tokenizer(source)
         cache_dir = output / "cache" / "tokenized"
@@ -132,7 +142,9 @@ def _loader(ctx: StudyContext, ds: Any, batch_size: int, shuffle: bool, seed: in
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=ctx.collator)
 
 
-def _make_runner(ctx: StudyContext, model: torch.nn.Module, layer_map: LayerMap, training: dict[str, Any], keys: dict[str, str]) -> ForwardRunner:
+def _make_runner(
+    ctx: StudyContext, model: torch.nn.Module, layer_map: LayerMap, training: dict[str, Any], keys: dict[str, str]
+) -> ForwardRunner:
     if training["cache"] == "off" or training["frozen_dropout"] or layer_map.shared_layers:
         return DirectForward()
     try:
@@ -192,6 +204,8 @@ def train_once(
         weight_decay=training["weight_decay"],
         frozen_dropout=training["frozen_dropout"],
         train_bn=training["train_bn"],
+        # only checkpointed blocks need their input to require grad; otherwise it would cost an input gradient
+        trainable_input=training["gradient_checkpointing"],
     )
     initial_plan = strategy.plan(layer_map, 0, 0)
     table = describe(layer_map, initial_plan)
@@ -216,8 +230,17 @@ def train_once(
     train_loader = _loader(ctx, train_ds, training["batch_size"], True, training["seed"], training["group_by_length"])
     eval_loader = _loader(ctx, eval_ds, training["eval_batch_size"], False, training["seed"], False)
     loop = TrainingLoop(
-        model, layer_map, strategy, controller, train_loader, eval_loader, loop_config, ctx.device,
-        runner=runner, memory=memory, on_epoch_end=on_epoch_end,
+        model,
+        layer_map,
+        strategy,
+        controller,
+        train_loader,
+        eval_loader,
+        loop_config,
+        ctx.device,
+        runner=runner,
+        memory=memory,
+        on_epoch_end=on_epoch_end,
     )
     memory.reset()
     try:
@@ -276,9 +299,15 @@ def run_trial(
     if folds and folds >= 2:
         return _run_cv(ctx, strategy_name, strategy_params, training, folds, on_fold_end, model_dir)
     result, verified, table, text, stats = train_once(
-        ctx, strategy_name, strategy_params, training, ctx.tokenized["train"], ctx.tokenized["validation"],
+        ctx,
+        strategy_name,
+        strategy_params,
+        training,
+        ctx.tokenized["train"],
+        ctx.tokenized["validation"],
         {"train": ctx.split_keys["train"], "eval": ctx.split_keys["validation"]},
-        on_epoch_end=on_epoch_end, save_to=model_dir,
+        on_epoch_end=on_epoch_end,
+        save_to=model_dir,
     )
     assert result.eval_probs is not None and result.eval_labels is not None
     num_labels = len(ctx.data.label_names)
@@ -321,7 +350,12 @@ def _run_cv(
     for k, (train_idx, val_idx) in enumerate(stratified_folds(labels, folds, ctx.spec.task.data.shuffle_seed)):
         key = f"{ctx.split_keys['train']}-cv{folds}-{k}"
         result, verified, table, text, stats = train_once(
-            ctx, strategy_name, strategy_params, training, train.select(train_idx), train.select(val_idx),
+            ctx,
+            strategy_name,
+            strategy_params,
+            training,
+            train.select(train_idx),
+            train.select(val_idx),
             {"train": key + "-train", "eval": key + "-val"},
             save_to=(model_dir / f"fold_{k}") if model_dir else None,
         )
