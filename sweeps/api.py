@@ -1,0 +1,187 @@
+"""A notebook-friendly API: run a study, reload its best model and predict, with pandas objects in and out.
+
+    from sweeps.api import run_study, predict
+    table = run_study("studies/kaggle_csv_cv.yaml", overrides=["optuna.n_trials=4"])   # one row per trial
+    preds = predict("studies/kaggle_csv_cv.yaml", test_df)                            # prediction + prob_<label>
+
+``study`` is a study file (str/Path), the same data as a dict, or a :class:`~sweeps.spec.StudySpec`; where a study
+folder is enough (:func:`load_best`, :func:`predict`) the folder itself (or a loaded :class:`BestModel`) works too.
+Running is the same as ``python -m sweeps run``: the same Optuna study and MLflow runs, resumable from either side.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sweeps.errors import DataError, SpecError
+from sweeps.predict import BestModel, predict_labels, predict_proba
+from sweeps.predict import load_best as _load_best_folder
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BestModel", "load_best", "load_study_spec", "predict", "run_study", "trials_frame"]
+
+
+def load_study_spec(study: Any, overrides: Sequence[str] = (), output: str | Path | None = None) -> Any:
+    """A :class:`~sweeps.spec.StudySpec` from a study file, a dict (relative paths against the current directory)
+    or a spec (copied when ``overrides``/``output`` change it)."""
+    from sweeps.spec import StudySpec, apply_overrides, load_spec, parse_spec
+
+    overrides = [overrides] if isinstance(overrides, str) else list(overrides)
+    out = str(output) if output is not None else None
+    if isinstance(study, StudySpec):
+        if not overrides and out is None:
+            return study
+        data = study.to_dict()
+        if out is not None:  # the old folder's default storage/tracking locations must follow the new folder
+            old = Path(study.output_dir)
+            if data["optuna"].get("storage") == f"sqlite:///{old / 'optuna.db'}":
+                data["optuna"]["storage"] = None
+            if data["tracking"].get("uri") == f"sqlite:///{old / 'mlflow.db'}":
+                data["tracking"]["uri"] = None
+        data = apply_overrides(data, overrides) if overrides else data
+        return parse_spec(data, study.base_dir, output=out, source_path=study.source_path)
+    if isinstance(study, dict):
+        data = apply_overrides(study, overrides) if overrides else study
+        return parse_spec(data, Path.cwd(), output=out)
+    if isinstance(study, (str, Path)):
+        return load_spec(study, overrides, output=out)
+    raise SpecError("", f"study: expected a study file path, a dict or a StudySpec, got {type(study).__name__}")
+
+
+def _output(spec: Any) -> Path:
+    from sweeps.cli import output_dir
+
+    return output_dir(spec)
+
+
+def trials_frame(study: Any) -> Any:
+    """One row per trial of an Optuna study: number, state, strategy, params, fail reason and the ``metric.<name>``
+    user attributes as columns (the fallback when :mod:`sweeps.report` is not available)."""
+    import pandas as pd
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("surplus"):
+            continue
+        row: dict[str, Any] = {
+            "number": t.number,
+            "state": t.state.name.lower(),
+            "strategy": t.user_attrs.get("strategy"),
+            "params": dict(t.params),
+        }
+        for key, value in sorted(t.user_attrs.items()):
+            if key.startswith("metric."):
+                row[key.split(".", 1)[1]] = value
+        row["fail_reason"] = t.user_attrs.get("fail_reason")
+        rows.append(row)
+    columns = ["number", "state", "strategy", "params"]
+    return pd.DataFrame(rows, columns=None if rows else columns)
+
+
+def _table(study: Any) -> Any:
+    try:
+        from sweeps.report import trials_table
+    except ImportError:
+        return trials_frame(study)
+    return trials_table(study)
+
+
+def run_study(
+    study: Any,
+    *,
+    overrides: Sequence[str] = (),
+    output: str | Path | None = None,
+    dataframe: Any = None,
+) -> Any:
+    """Run (or resume) the study until its budget is used up and return its trials as a DataFrame.
+
+    ``overrides`` are ``--set`` items (``"training.epochs=1"``); ``output`` replaces the study folder; ``dataframe``
+    (pandas or ``datasets.Dataset``) replaces the training file. Ctrl-C records the current trial (interrupted) and
+    re-raises ``KeyboardInterrupt``; running again resumes.
+    """
+    from sweeps.study import StudyRunner
+
+    spec = load_study_spec(study, overrides, output)
+    runner = StudyRunner(spec, _output(spec), dataframe=dataframe, progress=log.info)
+    try:
+        runner.prepare()
+        runner.run()
+    finally:
+        if runner.parent_run_id:
+            runner.tracker.end_run(runner.parent_run_id, "FINISHED")
+    return _table(runner.study)
+
+
+def _best_and_spec(study_or_out: Any) -> tuple[BestModel, Any]:
+    from sweeps.spec import StudySpec
+
+    if isinstance(study_or_out, BestModel):
+        return study_or_out, None
+    if isinstance(study_or_out, (str, Path)) and Path(study_or_out).is_dir():
+        return _load_best_folder(Path(study_or_out)), None
+    if isinstance(study_or_out, (str, Path, dict, StudySpec)):
+        spec = load_study_spec(study_or_out)
+        device = spec.training.device if spec.training.device != "auto" else None
+        return _load_best_folder(_output(spec), device=device, max_length=spec.task.max_length), spec
+    raise SpecError(
+        "",
+        f"expected a study file, a study folder, a dict, a StudySpec or a BestModel, got {type(study_or_out).__name__}",
+    )
+
+
+def load_best(study_or_out: Any) -> BestModel:
+    """The best trial's model(s) of a study (file, dict or spec) or of a study folder (see
+    :func:`sweeps.predict.load_best`)."""
+    return _best_and_spec(study_or_out)[0]
+
+
+def predict(
+    study_or_out: Any,
+    data: Any,
+    *,
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    batch_size: int = 64,
+) -> Any:
+    """Predictions of the study's best trial as a DataFrame: ``prediction`` (the label name) and one ``prob_<label>``
+    column per class, indexed like ``data``.
+
+    ``data`` is a text, a list of texts, a pandas Series or a DataFrame (its text column is ``text_column``, else the
+    study's ``task.data.text_column``, else ``text``; likewise for the pair column). Pass a :class:`BestModel` from
+    :func:`load_best` to avoid reloading the models on every call.
+    """
+    import pandas as pd
+
+    best, spec = _best_and_spec(study_or_out)
+    pairs = None
+    index = None
+    if isinstance(data, pd.DataFrame):
+        cfg = spec.task.data if spec is not None else None
+        column = text_column or (cfg.text_column if cfg is not None else "text")
+        if column not in data.columns:
+            found = ", ".join(repr(str(c)) for c in data.columns)
+            raise DataError(f"predict: no text column {column!r} in the DataFrame; columns found: {found}")
+        pair_column = text_pair_column or (cfg.text_pair_column if cfg is not None else None)
+        if pair_column is not None:
+            if pair_column not in data.columns:
+                found = ", ".join(repr(str(c)) for c in data.columns)
+                raise DataError(
+                    f"predict: no text pair column {pair_column!r} in the DataFrame; columns found: {found}"
+                )
+            pairs = data[pair_column].tolist()
+        texts, index = data[column].tolist(), data.index
+    elif isinstance(data, pd.Series):
+        texts, index = data.tolist(), data.index
+    elif isinstance(data, str):
+        texts = [data]
+    else:
+        texts = list(data)
+    probs = predict_proba(best, texts, pairs, batch_size=batch_size)
+    frame = pd.DataFrame({"prediction": predict_labels(best, probs)}, index=index)
+    for j, name in enumerate(best.label_names):
+        frame[f"prob_{name}"] = probs[:, j]
+    return frame
