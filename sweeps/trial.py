@@ -143,7 +143,7 @@ def _loader(ctx: StudyContext, ds: Any, batch_size: int, shuffle: bool, seed: in
 
 
 def _make_runner(
-    ctx: StudyContext, model: torch.nn.Module, layer_map: LayerMap, training: dict[str, Any], keys: dict[str, str]
+    ctx: StudyContext, layer_map: LayerMap, training: dict[str, Any], keys: dict[str, str], train_ds: Any, eval_ds: Any
 ) -> ForwardRunner:
     if training["cache"] == "off" or training["frozen_dropout"] or layer_map.shared_layers:
         return DirectForward()
@@ -152,11 +152,12 @@ def _make_runner(
     except ImportError:  # pragma: no cover - the cache module ships with the package
         return DirectForward()
     return CachedPrefixForward(
-        model,
         layer_map,
-        cache_dir=ctx.output / "cache" / "activations",
         split_keys=keys,
-        dtype=training["cache_dtype"],
+        cache_dir=ctx.output / "cache" / "activations",
+        cache_dtype=training["cache_dtype"],
+        split_sizes={"train": len(train_ds), "eval": len(eval_ds)},
+        frozen_dropout=training["frozen_dropout"],
         gradient_checkpointing=training["gradient_checkpointing"],
     )
 
@@ -210,7 +211,7 @@ def train_once(
     initial_plan = strategy.plan(layer_map, 0, 0)
     table = describe(layer_map, initial_plan)
     table_text = f"layer map: {layer_map.source}\nstrategy: {strategy_name} {strategy.params()}\n" + format_table(table)
-    runner = _make_runner(ctx, model, layer_map, training, keys)
+    runner = _make_runner(ctx, layer_map, training, keys, train_ds, eval_ds)
     memory = PeakMemory(ctx.device)
     loop_config = LoopConfig(
         epochs=training["epochs"],

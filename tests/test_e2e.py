@@ -1,0 +1,113 @@
+"""End to end on a tiny local model: run, resume, MLflow contents, per-trial memory, pruning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from e2e_helpers import make_dataset, make_tiny_model, write_study
+from mlflow.tracking import MlflowClient
+
+from sweeps.cli import main
+
+pytestmark = pytest.mark.slow
+
+CONTRACT = ["accuracy", "f1_macro", "eval_loss", "train_loss", "epoch_time_s", "peak_memory_mb", "samples_per_s",
+            "trainable_params"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("assets")
+    return make_tiny_model(root / "model"), make_dataset(root / "data")
+
+
+def _client(out: Path) -> tuple[MlflowClient, str]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    return client, client.get_experiment_by_name("tiny").experiment_id
+
+
+def test_run_logs_every_trial_to_mlflow_and_resumes(assets: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = assets
+    study = write_study(tmp_path / "study.yaml", model, data)
+    out = tmp_path / "out"
+    assert main(["run", str(study), "--output", str(out)]) == 0
+
+    client, exp = _client(out)
+    runs = client.search_runs([exp])
+    parents = [r for r in runs if r.data.tags.get("sweeps.role") == "study"]
+    trials = [r for r in runs if r.data.tags.get("sweeps.role") == "trial"]
+    assert len(parents) == 1 and len(trials) == 2
+    parent_id = parents[0].info.run_id
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == parent_id
+        assert run.data.tags["sweeps.status"] == "complete"
+        assert run.data.tags["frozen_params_verified"] == "true"
+        assert run.info.status == "FINISHED"
+        for name in CONTRACT:
+            assert name in run.data.metrics, name
+            history = client.get_metric_history(run.info.run_id, name)
+            assert len(history) >= 2  # per epoch (step = epoch) + the final value
+        lr_names = [k for k in run.data.metrics if k.startswith("lr/")]
+        assert {"lr/embeddings", "lr/layer.0", "lr/layer.1", "lr/head"} <= set(lr_names)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"layer_groups.txt", "confusion_matrix.json", "epochs.json"} <= artifacts
+    strategies = {r.data.tags["sweeps.strategy"] for r in trials}
+    assert strategies == {"none", "bottom_n"}  # every listed strategy tried first
+    bottom = next(r for r in trials if r.data.tags["sweeps.strategy"] == "bottom_n")
+    full = next(r for r in trials if r.data.tags["sweeps.strategy"] == "none")
+    assert bottom.data.metrics["trainable_params"] < full.data.metrics["trainable_params"]
+    assert bottom.data.metrics["lr/embeddings"] == 0.0
+
+    # resume: raising n_trials continues the same study and the same parent run
+    assert main(["run", str(study), "--output", str(out), "--set", "optuna.n_trials=3"]) == 0
+    loaded = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert len([t for t in loaded.trials if t.state.name == "COMPLETE"]) == 3
+    runs = client.search_runs([exp])
+    assert len([r for r in runs if r.data.tags.get("sweeps.role") == "study"]) == 1
+    assert len([r for r in runs if r.data.tags.get("sweeps.role") == "trial"]) == 3
+    assert json.loads((out / "models" / "best.json").read_text())["trial"] in {0, 1, 2}
+
+    # report prints the comparison table
+    assert main(["report", str(study), "--output", str(out), "--format", "csv"]) == 0
+    assert (out / "report" / "index.html").exists()
+
+
+def test_one_trial_pruned(assets: tuple[Path, Path], tmp_path: Path) -> None:
+    """With a pruner that always prunes after the first epoch, the second trial is recorded as pruned."""
+    model, data = assets
+    study = write_study(
+        tmp_path / "study.yaml", model, data,
+        training={"epochs": 3},
+        strategies=[{"name": "none"}],
+        optuna={"n_trials": 2, "pruner": "successive_halving"},
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(study), "--output", str(out)]) == 0
+    loaded = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
+    states = [t.state.name for t in loaded.trials]
+    assert states[0] == "COMPLETE"
+    client, exp = _client(out)
+    tags = [r.data.tags.get("sweeps.status") for r in client.search_runs([exp]) if r.data.tags.get("sweeps.role") == "trial"]
+    assert sorted(tags) == sorted(s.lower() for s in states)
+
+
+def test_validate_reports_yaml_path_of_out_of_range_n(assets: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    model, data = assets
+    study = write_study(
+        tmp_path / "study.yaml", model, data,
+        strategies=[{"name": "bottom_n", "params": {"n": {"type": "int", "low": 1, "high": 14}}}],
+    )
+    assert main(["validate", str(study), "--model", "--output", str(tmp_path / "o")]) == 2
+    assert "strategies[0].params.n: high 14 > 2 layers in the model" in capsys.readouterr().err
+
+
+def test_inspect_json(assets: tuple[Path, Path], capsys) -> None:
+    model, _ = assets
+    assert main(["inspect", str(model), "--strategy", "bottom_n", "--param", "n=1", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["embeddings", "layer.0", "layer.1", "head"]
+    assert [r["frozen"] for r in rows] == [True, True, False, False]
+    assert {"name", "num_params", "frozen", "lr_multiplier"} <= set(rows[0])
