@@ -177,6 +177,16 @@ def _summary(runner: Any, out: Path, report: bool) -> None:
             states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     lines = ["", f"study {study.study_name}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))]
     try:
+        from sweeps.report import trials_table
+
+        table = trials_table(study)
+        shown = [c for c in ("number", "state", "strategy", "accuracy", "f1_macro", "epoch_time_s", "peak_memory_mb",
+                             "trainable_params") if c in table.columns]
+        if len(table):
+            lines.append(table[shown].head(15).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    except Exception as exc:  # the summary must not hide the study's results
+        log.debug("summary table failed: %s", exc)
+    try:
         bests = study.best_trials if len(study.directions) > 1 else [study.best_trial]
     except ValueError:
         bests = []

@@ -104,6 +104,18 @@ class ScheduleFactor:
         self._scheduler.step()
 
 
+def _progress(loader: DataLoader, desc: str) -> Any:
+    """A batch progress bar on an interactive terminal (never in logs, CI or when ``--quiet``)."""
+    import logging
+    import sys
+
+    if not sys.stderr.isatty() or logging.getLogger("sweeps").getEffectiveLevel() > logging.INFO:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
+
+
 def _is_better(metric: str, new: float, old: float) -> bool:
     from sweeps.metrics import direction
 
@@ -204,7 +216,8 @@ class TrainingLoop:
         loss_sum, batches, seen = 0.0, 0, 0
         n_batches = len(self.train_loader)
         start = time.perf_counter()
-        for i, batch in enumerate(self.train_loader):
+        batches_iter = _progress(self.train_loader, f"epoch {epoch + 1}/{cfg.epochs}")
+        for i, batch in enumerate(batches_iter):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with autocast_context(self.device, cfg.precision):
                 logits = self.runner.logits(self.model, batch, "train")
