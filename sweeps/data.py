@@ -556,6 +556,7 @@ def load_task_data(
     *,
     dataframe: pd.DataFrame | datasets.Dataset | None = None,
     validation_dataframe: pd.DataFrame | datasets.Dataset | None = None,
+    carve_validation: bool = True,
     test_dataframe: pd.DataFrame | datasets.Dataset | None = None,
 ) -> TaskData:
     """Load, check and normalise the data a study configures (see :class:`DataConfig`) into a :class:`TaskData`.
@@ -597,8 +598,10 @@ def load_task_data(
             val_raw, _label_keys(val_raw, label_column, val_raw.label_names), mapping, train_is_int
         )
         validation = _normalise(val_raw, cfg, val_labels, require_id=False)
-    else:
+    elif carve_validation:
         train, validation = _carve_validation(train, _get(cfg, "validation_fraction"), seed, label_names)
+    else:  # cross-validation: the folds are the validation, every train row stays in train (in file order)
+        validation = train.iloc[:0].copy()
     test = _normalise(test_raw, cfg, None, require_id=True) if test_raw is not None else None
 
     train = _seeded_head(train, _get(cfg, "max_train_rows"), seed)

@@ -511,7 +511,14 @@ class StudyRunner:
         previous = json.loads(pointer.read_text()).get("trial") if pointer.exists() else None
         if best.number == number:
             tmp = pointer.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"trial": number, "path": model_dir.name, "mlflow_run_id": run_id}))
+            tmp.write_text(json.dumps(
+                    {
+                        "trial": number,
+                        "path": model_dir.name,
+                        "mlflow_run_id": run_id,
+                        "max_length": self.spec.task.max_length,
+                    }
+                ))
             os.replace(tmp, pointer)
             if previous is not None and previous != number:
                 remove_dir(self.output / "models" / f"trial_{previous}")

@@ -94,14 +94,16 @@ class StudyContext:
         device = resolve_device(spec.training.device)
         if spec.training.num_threads:
             torch.set_num_threads(spec.training.num_threads)
-        data = data_mod.load_task_data(resolved_data_config(spec), dataframe=dataframe)
+        data = data_mod.load_task_data(
+            resolved_data_config(spec), dataframe=dataframe, carve_validation=not spec.task.cv.enabled
+        )
         source = resolve_model(spec.task.model, spec.base_dir, spec.task.revision)
         tokenizer = load_tokenizer(source)
         cache_dir = output / "cache" / "tokenized"
         tokenized, keys = {}, {}
         for split in ("train", "validation", "test"):
             ds = getattr(data, split)
-            if ds is None:
+            if ds is None or len(ds) == 0:
                 continue
             tokenized[split] = data_mod.tokenize_split(ds, tokenizer, spec.task.max_length, cache_dir)
             keys[split] = data_mod.tokenization_key(tokenizer, spec.task.max_length, ds)
