@@ -20,6 +20,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def open_storage(spec: Any, output: Path) -> optuna.storages.BaseStorage:
     # we run the heartbeat thread ourselves around each asked trial (ask/tell), which Optuna warns about
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     try:
-        return optuna.storages.RDBStorage(
+        storage = optuna.storages.RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=spec.optuna.heartbeat_interval,
@@ -70,6 +71,30 @@ def open_storage(spec: Any, output: Path) -> optuna.storages.BaseStorage:
         from sweeps.spec import mask_secrets
 
         raise SweepsError(f"optuna.storage: cannot open {mask_secrets(url)}: {type(exc).__name__}: {exc}") from exc
+    if url.startswith("sqlite"):
+        _serialize_sqlite(storage.engine)
+    return storage
+
+
+def _serialize_sqlite(engine: Any) -> None:
+    """Make every SQLite transaction ``BEGIN IMMEDIATE`` so workers sharing ``optuna.db`` serialise their writes.
+
+    Python's sqlite3 driver only opens a transaction at the first INSERT/UPDATE, so Optuna's read-then-write steps
+    (``SELECT ... FOR UPDATE`` is a no-op in SQLite) are not atomic across processes: two workers popping the queue
+    both saw the same WAITING trial, both set it RUNNING and ran the same trial number (the second then crashed on
+    ``tell``). With the write lock taken at BEGIN the second waits (``timeout``) and then sees the trial taken.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while the storage was created predate the hooks
 
 
 def objectives(spec: Any) -> list[tuple[str, str]]:
@@ -87,20 +112,65 @@ def make_sampler(spec: Any) -> optuna.samplers.BaseSampler:
     seed = spec.optuna.sampler_seed if spec.optuna.sampler_seed is not None else spec.training.seed
     name = spec.optuna.sampler
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        return TrialSeededSampler(lambda s: optuna.samplers.TPESampler(seed=s), seed)
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
     if name == "grid":
         from sweeps.search import grid_search_space
 
-        return optuna.samplers.GridSampler(grid_search_space(spec), seed=seed)
+        space = grid_search_space(spec)
+        return TrialSeededSampler(lambda s: optuna.samplers.GridSampler(space, seed=s), seed)
     if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
+        return TrialSeededSampler(lambda s: optuna.samplers.CmaEsSampler(seed=s), seed)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if name == "qmc":
+        return TrialSeededSampler(lambda s: optuna.samplers.NSGAIISampler(seed=s), seed)
+    if name == "qmc":  # its sequence position is kept in the study, so one seed (scramble) for every worker is right
         return optuna.samplers.QMCSampler(seed=seed)
     raise SpecError("optuna.sampler", f"unknown sampler {name!r}")
+
+
+def trial_seed(seed: int, number: int) -> int:
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """A sampler re-created for every trial with a seed derived from (``seed``, trial number).
+
+    A sampler seeded once per process replays the same random draws in every process: two workers on one study (or a
+    resumed run) proposed identical parameters for different trial numbers — TPE's random start-up trials, the random
+    sampler's every trial. Seeding from the trial number keeps a study reproducible (same file, same seed, same
+    trials) while every trial of every worker gets its own draws. The samplers' state lives in the study storage, so
+    building a fresh one per trial loses nothing.
+    """
+
+    def __init__(self, build: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._build = build
+        self._seed = seed
+        self._sampler = build(seed)
+
+    def __repr__(self) -> str:
+        return f"TrialSeededSampler({self._sampler!r}, seed={self._seed})"
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._sampler = self._build(trial_seed(self._seed, trial.number))
+        self._sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        return self._sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: Any) -> dict:
+        return self._sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str, param_distribution: Any
+    ) -> Any:
+        return self._sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState, values: Any) -> None:
+        self._sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._sampler.reseed_rng()
 
 
 def make_pruner(spec: Any) -> optuna.pruners.BasePruner:
@@ -164,12 +234,20 @@ def _pid_alive(pid: int) -> bool:
 
 
 def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """Trials that ran to an end (complete, pruned, failed by their own error) and running ones use up ``n_trials``;
+    interrupted trials, trials whose worker died and surplus asks do not."""
     if trial.user_attrs.get("surplus"):
         return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
         return True
     if trial.state == TrialState.FAIL:
-        return not (trial.user_attrs.get("interrupted") or trial.user_attrs.get("worker_died"))
+        # our own bookkeeping always records a fail_reason before telling FAIL: a FAIL without one was failed from
+        # outside (e.g. Optuna's own stale-trial check), i.e. its worker died
+        return not (
+            trial.user_attrs.get("interrupted")
+            or trial.user_attrs.get("worker_died")
+            or "fail_reason" not in trial.user_attrs
+        )
     return False
 
 
@@ -177,40 +255,91 @@ def budget_used(study: optuna.Study) -> int:
     return sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
 
 
+def _dead_reason(trial: optuna.trial.FrozenTrial, stale: set[int], grace_s: float) -> str | None:
+    """Why a RUNNING trial's worker is known to be dead, or None while it may be alive."""
+    if trial._trial_id in stale:
+        return "worker stopped sending heartbeats (killed, crashed or its machine was lost)"
+    host, pid = trial.user_attrs.get("host"), trial.user_attrs.get("pid")
+    if host == HOST and pid is not None and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+        return "worker process died (killed or crashed)"
+    # asked, but its worker died before recording where it runs (and before any heartbeat): after the grace period
+    if host is None and trial.datetime_start and (datetime.now() - trial.datetime_start).total_seconds() > grace_s:
+        return "worker died right after asking for the trial"
+    return None
+
+
 def recover_dead_trials(study: optuna.Study, tracker: Tracker, retry_failed: int) -> list[int]:
     """Mark RUNNING trials whose worker died as failed (Optuna and MLflow), and re-enqueue them if configured.
 
-    A trial of this host whose recorded PID is gone is recovered at once; trials of other hosts are recovered by
-    Optuna's heartbeat (``fail_stale_trials``) once their heartbeat is older than the grace period.
+    A trial of this host whose recorded PID is gone is recovered at once; trials of other hosts once their heartbeat
+    is older than the grace period. The reason is recorded *before* the trial is set to FAIL (a finished trial's
+    attributes can no longer be changed), and only the process whose RUNNING -> FAIL transition succeeds re-enqueues
+    it and ends its MLflow run, so several workers starting at once recover a trial exactly once.
     """
-    recovered = []
     from optuna.storages._heartbeat import is_heartbeat_enabled
 
     storage = study._storage
+    stale: set[int] = set()
+    grace_s = 60.0
     if is_heartbeat_enabled(storage):
-        optuna.storages.fail_stale_trials(study)
-    for trial in study.get_trials(deepcopy=False):
-        if trial.state == TrialState.RUNNING:
-            host, pid = trial.user_attrs.get("host"), trial.user_attrs.get("pid")
-            if host != HOST or pid is None or (_pid_alive(int(pid)) and int(pid) != os.getpid()):
-                continue
-            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-        elif not (
-            trial.state == TrialState.FAIL and trial.user_attrs.get("pid") and "fail_reason" not in trial.user_attrs
-        ):
+        stale = set(storage._get_stale_trial_ids(study._study_id))
+        backend = getattr(storage, "_backend", storage)
+        grace_s = float(getattr(backend, "grace_period", None) or grace_s)
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = _dead_reason(trial, stale, grace_s)
+        if reason is None:
             continue
-        # a trial failed without our own bookkeeping: its worker died (here, or by heartbeat elsewhere)
-        storage.set_trial_user_attr(trial._trial_id, "worker_died", True)
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker process died (killed or crashed)")
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "worker_died", True)
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process recovered it first (or its worker finished it after all)
         run_id = trial.user_attrs.get(RUN_ATTR)
         if run_id:
-            tracker.set_tags(run_id, {"sweeps.status": "failed", "sweeps.fail_reason": "worker process died"})
+            tracker.set_tags(run_id, {"sweeps.status": "failed", "sweeps.fail_reason": reason})
             tracker.end_run(run_id, "FAILED")
         attempt = int(trial.user_attrs.get("attempt", 0))
         if attempt < retry_failed:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "attempt": attempt + 1})
         recovered.append(trial.number)
+    close_orphan_runs(study, tracker)
     return recovered
+
+
+def close_orphan_runs(study: optuna.Study, tracker: Tracker) -> list[str]:
+    """End MLflow trial runs left RUNNING although their Optuna trial is over (a worker killed between Optuna's
+    bookkeeping and MLflow's, or a trial failed from outside), with the status the trial ended in."""
+    if not tracker.enabled or tracker.experiment_id is None:
+        return []
+    try:
+        runs = tracker.client.search_runs(
+            [tracker.experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`sweeps.study` = '{study.study_name}'",
+            max_results=5000,
+        )
+    except Exception as exc:  # a tracking hiccup must not stop the study
+        log.debug("could not look for orphan MLflow runs: %s", exc)
+        return []
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    closed = []
+    for run in runs:
+        number = run.data.tags.get("optuna.trial_number")
+        trial = by_number.get(int(number)) if number and number.isdigit() else None
+        if trial is None or not trial.state.is_finished():
+            continue  # the parent run, or a trial still running somewhere
+        if trial.state == TrialState.FAIL:
+            status = "KILLED" if trial.user_attrs.get("interrupted") else "FAILED"
+            reason = trial.user_attrs.get("fail_reason") or "worker process died"
+            tracker.set_tags(run.info.run_id, {"sweeps.status": "failed", "sweeps.fail_reason": reason})
+        else:
+            status = "FINISHED"
+            tracker.set_tags(run.info.run_id, {"sweeps.status": trial.state.name.lower()})
+        tracker.end_run(run.info.run_id, status)
+        closed.append(run.info.run_id)
+    return closed
 
 
 @dataclass
