@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -125,10 +126,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(out, args.quiet, args.verbose)
     if args.workers > 1:
         return _run_workers(args, spec, out)
-    return _run_here(spec, out, report=not args.no_report)
+    return _run_here(spec, out, report=not args.no_report, resume=_resume_command(args))
 
 
-def _run_here(spec: Any, out: Path, report: bool = True) -> int:
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command that resumes this run: the same study file, ``--output`` and ``--set`` overrides (passwords
+    masked: they are printed)."""
+    import shlex
+
+    from sweeps.spec import mask_secrets
+
+    parts = ["python", "-m", "sweeps", "run", args.study]
+    if args.output:
+        parts += ["--output", args.output]
+    for override in args.overrides:
+        parts += ["--set", override]
+    if args.workers > 1:
+        parts += ["--workers", str(args.workers)]
+    command = " ".join(shlex.quote(p) for p in parts)
+    masked = mask_secrets(command)
+    return masked + ("   (with your password in place of ***)" if masked != command else "")
+
+
+def _interrupted(resume: str) -> int:
+    log.warning(
+        "\nInterrupted: the current trial was recorded as failed (interrupted); completed trials are kept and the "
+        "interrupted one does not count toward n_trials.\nResume with the same command: %s",
+        resume,
+    )
+    return EXIT_INTERRUPTED
+
+
+def _run_here(spec: Any, out: Path, report: bool = True, resume: str | None = None) -> int:
     from sweeps.study import StudyRunner, storage_url
 
     runner = StudyRunner(spec, out, progress=log.info)
@@ -136,13 +165,12 @@ def _run_here(spec: Any, out: Path, report: bool = True) -> int:
         runner.prepare()
         reports = runner.run()
     except KeyboardInterrupt:
-        log.warning(
-            "\nInterrupted: the current trial was recorded as failed (interrupted). Completed trials are kept.\n"
-            "Resume with the same command: python -m sweeps run %s%s",
-            spec.source_path,
-            f" --output {out}" if spec.output is None else "",
-        )
-        return EXIT_INTERRUPTED
+        if runner.parent_run_id:  # reopened (RUNNING) by the next run of the study
+            try:
+                runner.tracker.end_run(runner.parent_run_id, "KILLED")
+            except Exception as exc:
+                log.debug("parent run not ended: %s", exc)
+        return _interrupted(resume or f"python -m sweeps run {spec.source_path} --output {out}")
     _summary(runner, out, report)
     completed = [t for t in runner.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     del reports
@@ -212,6 +240,7 @@ def _run_workers(args: argparse.Namespace, spec: Any, out: Path) -> int:
 
     runner = StudyRunner(spec, out, progress=log.info)  # creates the study and storage once, before the workers race
     runner.parent_run_id = runner.tracker.parent_run(runner.study, spec.name, {"sweeps.study": runner.study.study_name})
+    runner._cover_strategies()  # enqueued once here rather than by every worker at once
     gpus = torch.cuda.device_count()
     cores = os.cpu_count() or 1
     procs = []
@@ -239,9 +268,14 @@ def _run_workers(args: argparse.Namespace, spec: Any, out: Path) -> int:
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
+        # Ctrl-C in a terminal reaches the workers too; a SIGINT sent to this process alone must stop them as well
+        # (each records its current trial as interrupted; a second SIGINT during that bookkeeping is ignored)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
         for p in procs:
             p.wait()
-        return EXIT_INTERRUPTED
+        return _interrupted(_resume_command(args))
     _summary(runner, out, report=not args.no_report)
     if all(c != 0 for c in codes):
         return max(codes)

@@ -13,12 +13,14 @@ same parameters (``optuna.retry_failed`` times) or their slot goes to a new samp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -553,12 +555,15 @@ class StudyRunner:
             self.say(f"trial {trial.number}: pruned ({exc})")
             return TrialReport(trial.number, "pruned", params.strategy, None, reason=str(exc))
         except KeyboardInterrupt:
-            remove_dir(model_dir)
-            trial.set_user_attr("interrupted", True)
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.tracker.set_tags(run_id, {"sweeps.status": "failed", "sweeps.fail_reason": "interrupted (Ctrl-C)"})
-            self.tracker.end_run(run_id, "KILLED")
+            with _ignoring_sigint():  # a second Ctrl-C must not cut the bookkeeping short (trial left RUNNING)
+                remove_dir(model_dir)
+                trial.set_user_attr("interrupted", True)
+                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+                self.study.tell(trial, state=TrialState.FAIL)
+                self.tracker.set_tags(
+                    run_id, {"sweeps.status": "failed", "sweeps.fail_reason": "interrupted (Ctrl-C)"}
+                )
+                self.tracker.end_run(run_id, "KILLED")
             raise
         except Exception as exc:
             remove_dir(model_dir)
@@ -675,6 +680,20 @@ def _is_search(value: Any) -> bool:
 
 def _has_search(entry: Any) -> bool:
     return any(_is_search(v) for v in entry.params.values())
+
+
+@contextlib.contextmanager
+def _ignoring_sigint() -> Iterator[None]:
+    """SIGINT ignored inside the block (main thread only; elsewhere signals cannot be set and none arrive)."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _failure_reason(exc: BaseException) -> str:
