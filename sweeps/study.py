@@ -42,7 +42,21 @@ HOST = socket.gethostname()
 
 # -- construction -------------------------------------------------------------------------------------------------
 def storage_url(spec: Any, output: Path) -> str:
-    return spec.optuna.storage or f"sqlite:///{(output / 'optuna.db').resolve()}"
+    return database_url(spec.optuna.storage or f"sqlite:///{(output / 'optuna.db').resolve()}")
+
+
+def database_url(url: str) -> str:
+    """A PostgreSQL URL with a driver that is installed. SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3,
+    2.0 to psycopg2; the dev extras and the Docker image ship psycopg2-binary, so without this a documented
+    ``postgresql://user:pw@host/db`` failed with "No module named 'psycopg'". ``postgres://`` (Heroku style) too."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return url
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
+    return f"postgresql://{rest}"
 
 
 def open_storage(spec: Any, output: Path) -> optuna.storages.BaseStorage:
@@ -72,7 +86,8 @@ def open_storage(spec: Any, output: Path) -> optuna.storages.BaseStorage:
     except Exception as exc:
         from sweeps.spec import mask_secrets
 
-        raise SweepsError(f"optuna.storage: cannot open {mask_secrets(url)}: {type(exc).__name__}: {exc}") from exc
+        detail = mask_secrets(f"{type(exc).__name__}: {exc}")
+        raise SweepsError(f"optuna.storage: cannot open {mask_secrets(url)}: {detail}") from exc
     if url.startswith("sqlite"):
         _serialize_sqlite(storage.engine)
     return storage
@@ -373,7 +388,7 @@ class StudyRunner:
         self.say = progress or (lambda msg: log.info(msg))
         self.study = open_study(spec, output)
         self.tracker = Tracker(
-            spec.tracking.uri or default_tracking_uri(output),
+            database_url(spec.tracking.uri) if spec.tracking.uri else default_tracking_uri(output),
             spec.tracking.experiment or spec.name,
             artifact_root=output / "mlartifacts",
             enabled=spec.tracking.enabled,
