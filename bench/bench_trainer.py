@@ -143,9 +143,14 @@ def run_trainer(ctx: Any, strategy: str, params: dict[str, Any], epochs: int, ou
             decay = [p for _, p in group.params if p.ndim > 1]
             no_decay = [p for _, p in group.params if p.ndim <= 1]
             lr = 5e-5 * setting.lr_multiplier
-            groups += [{"params": decay, "lr": lr, "weight_decay": 0.01}, {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+            groups += [
+                {"params": decay, "lr": lr, "weight_decay": 0.01},
+                {"params": no_decay, "lr": lr, "weight_decay": 0.0},
+            ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=5e-5)
-    train = ctx.tokenized["train"].remove_columns([c for c in ("example_id", "length") if c in ctx.tokenized["train"].column_names])
+    train = ctx.tokenized["train"].remove_columns(
+        [c for c in ("example_id", "length") if c in ctx.tokenized["train"].column_names]
+    )
     evals = ctx.tokenized["validation"].remove_columns(
         [c for c in ("example_id", "length") if c in ctx.tokenized["validation"].column_names]
     )
@@ -205,7 +210,7 @@ def run_trainer(ctx: Any, strategy: str, params: dict[str, Any], epochs: int, ou
     }
 
 
-# -- floor --------------------------------------------------------------------------------------------------------------
+# -- floor ------------------------------------------------------------------------------------------------------
 def block_costs(ctx: Any, batches: int = 20) -> dict[str, float]:
     """Seconds per epoch for one block forward (no grad) and forward+backward, and for embeddings + head, measured on
     the real training batches (same padding as training)."""
@@ -215,12 +220,18 @@ def block_costs(ctx: Any, batches: int = 20) -> dict[str, float]:
 
     model = ctx.build_model()
     model.train()
-    ds = ctx.tokenized["train"].select_columns([c for c in ctx.tokenized["train"].column_names if c not in ("text", "length")])
-    loader = DataLoader(ds, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0), collate_fn=ctx.collator)
+    ds = ctx.tokenized["train"].select_columns(
+        [c for c in ctx.tokenized["train"].column_names if c not in ("text", "length")]
+    )
+    loader = DataLoader(
+        ds, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0), collate_fn=ctx.collator
+    )
     block = model.bert.encoder.layer[0]
     hidden: list[torch.Tensor] = []
     masks: list[torch.Tensor] = []
-    hook = block.register_forward_pre_hook(lambda m, a, k: hidden.append(a[0].detach()) or masks.append(a[1]), with_kwargs=True)
+    hook = block.register_forward_pre_hook(
+        lambda m, a, k: hidden.append(a[0].detach()) or masks.append(a[1]), with_kwargs=True
+    )
     with torch.no_grad():
         for i, batch in enumerate(loader):
             if i >= batches:
@@ -247,10 +258,16 @@ def block_costs(ctx: Any, batches: int = 20) -> dict[str, float]:
             out = out[0] if isinstance(out, tuple) else out
             out.float().sum().backward()
 
-    return {"block_forward_s": timed(forward), "block_forward_backward_s": timed(forward_backward), "batches_per_epoch": len(loader)}
+    return {
+        "block_forward_s": timed(forward),
+        "block_forward_backward_s": timed(forward_backward),
+        "batches_per_epoch": len(loader),
+    }
 
 
-def predicted_epoch(costs: dict[str, float], num_layers: int, strategy: str, params: dict[str, Any], cached: bool) -> float:
+def predicted_epoch(
+    costs: dict[str, float], num_layers: int, strategy: str, params: dict[str, Any], cached: bool
+) -> float:
     frozen = {"none": 0, "embeddings": 0, "discriminative": 0, "bottom_n": params.get("n", 0)}[strategy]
     trainable = num_layers - frozen
     return trainable * costs["block_forward_backward_s"] + (0 if cached else frozen * costs["block_forward_s"])
@@ -280,9 +297,17 @@ def main() -> None:
     ctx = StudyContext.prepare(spec, args.out)
     num_layers = 6
     costs = block_costs(ctx)
-    print(f"floor: one block forward {costs['block_forward_s']:.2f} s/epoch, forward+backward "
-          f"{costs['block_forward_backward_s']:.2f} s/epoch", flush=True)
-    results: dict[str, Any] = {"machine": os.uname().nodename, "threads": torch.get_num_threads(), "costs": costs, "rows": {}}
+    print(
+        f"floor: one block forward {costs['block_forward_s']:.2f} s/epoch, forward+backward "
+        f"{costs['block_forward_backward_s']:.2f} s/epoch",
+        flush=True,
+    )
+    results: dict[str, Any] = {
+        "machine": os.uname().nodename,
+        "threads": torch.get_num_threads(),
+        "costs": costs,
+        "rows": {},
+    }
     for label, strategy, params in STRATEGIES:
         if args.only and label not in args.only:
             continue
@@ -306,7 +331,8 @@ def main() -> None:
 
 def render(results: dict[str, Any]) -> str:
     lines = [
-        "| strategy | Trainer s/epoch | freeze-sweeps s/epoch (cold) | (warm) | ratio 3-epoch cold | ratio warm | acc Trainer | acc sweeps | F1 Trainer | F1 sweeps | peak MB Trainer | peak MB sweeps | measured / floor |",
+        "| strategy | Trainer s/epoch | freeze-sweeps s/epoch (cold) | (warm) | ratio cold | ratio warm "
+        "| acc Trainer | acc sweeps | F1 Trainer | F1 sweeps | peak MB Trainer | peak MB sweeps | measured / floor |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, row in results["rows"].items():
