@@ -225,7 +225,12 @@ def _summary(runner: Any, out: Path, report: bool) -> None:
         )
         lines.append(f"best trial {best.number}: {best.user_attrs.get('strategy')} {best.params} {shown}")
     uri = mask_secrets(runner.tracker.uri)
-    lines.append(f"MLflow: mlflow ui --backend-store-uri {uri}  (experiment {runner.tracker.experiment_name!r})")
+    experiment = runner.tracker.experiment_name
+    if uri.startswith(("http://", "https://")):
+        page = f"{uri}/#/experiments/{runner.tracker.experiment_id}/runs"
+        lines.append(f"MLflow: open {page}  (experiment {experiment!r})")
+    else:
+        lines.append(f"MLflow: mlflow ui --backend-store-uri {uri}  (experiment {experiment!r})")
     if report_path:
         lines.append(f"report: {report_path}")
     lines.append(f"study folder: {out}")
