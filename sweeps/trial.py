@@ -135,7 +135,7 @@ def _loader(ctx: StudyContext, ds: Any, batch_size: int, shuffle: bool, seed: in
     generator = torch.Generator().manual_seed(seed)
     columns = [c for c in ds.column_names if c not in ("text", "text_pair", "id", "length")]
     ds = ds.select_columns(columns)
-    if shuffle and group_by_length and "length" not in columns:
+    if shuffle and group_by_length:
         from transformers.trainer_pt_utils import LengthGroupedSampler
 
         lengths = [len(x) for x in ds["input_ids"]]
