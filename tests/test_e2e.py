@@ -76,22 +76,26 @@ def test_run_logs_every_trial_to_mlflow_and_resumes(assets: tuple[Path, Path], t
 
 
 def test_one_trial_pruned(assets: tuple[Path, Path], tmp_path: Path) -> None:
-    """With a pruner that always prunes after the first epoch, the second trial is recorded as pruned."""
+    """Two trials, one pruned: successive halving stops the second trial before its last epoch because its eval loss
+    is worse than the first trial's at the same epoch (deterministic on CPU)."""
     model, data = assets
     study = write_study(
         tmp_path / "study.yaml", model, data,
+        task={"metric": "eval_loss"},
         training={"epochs": 3},
-        strategies=[{"name": "none"}],
+        strategies=[{"name": "none"}, {"name": "bottom_n", "params": {"n": 2}}],
         optuna={"n_trials": 2, "pruner": "successive_halving"},
     )
     out = tmp_path / "out"
     assert main(["run", str(study), "--output", str(out)]) == 0
     loaded = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
-    states = [t.state.name for t in loaded.trials]
-    assert states[0] == "COMPLETE"
+    assert [t.state.name for t in loaded.trials] == ["COMPLETE", "PRUNED"]
     client, exp = _client(out)
-    tags = [r.data.tags.get("sweeps.status") for r in client.search_runs([exp]) if r.data.tags.get("sweeps.role") == "trial"]
-    assert sorted(tags) == sorted(s.lower() for s in states)
+    runs = [r for r in client.search_runs([exp]) if r.data.tags.get("sweeps.role") == "trial"]
+    pruned = next(r for r in runs if r.data.tags["sweeps.status"] == "pruned")
+    assert "pruned at epoch" in pruned.data.tags["sweeps.prune_reason"]
+    assert pruned.info.status == "FINISHED"  # no run is left RUNNING
+    assert 1 <= len(client.get_metric_history(pruned.info.run_id, "eval_loss")) < 3
 
 
 def test_validate_reports_yaml_path_of_out_of_range_n(assets: tuple[Path, Path], tmp_path: Path, capsys) -> None:
@@ -111,3 +115,26 @@ def test_inspect_json(assets: tuple[Path, Path], capsys) -> None:
     assert [r["name"] for r in rows] == ["embeddings", "layer.0", "layer.1", "head"]
     assert [r["frozen"] for r in rows] == [True, True, False, False]
     assert {"name", "num_params", "frozen", "lr_multiplier"} <= set(rows[0])
+
+
+def test_training_options_run_end_to_end(assets: tuple[Path, Path], tmp_path: Path) -> None:
+    """Accumulation, bf16 autocast (CPU), length-grouped batches, checkpointing with a frozen prefix, SGD, cosine
+    schedule with warmup and early stopping all work together in a real trial."""
+    model, data = assets
+    study = write_study(
+        tmp_path / "study.yaml", model, data,
+        training={"epochs": 4, "grad_accum_steps": 2, "precision": "bf16", "group_by_length": True,
+                  "gradient_checkpointing": True, "optimizer": "sgd", "scheduler": "cosine", "warmup_ratio": 0.2,
+                  "early_stopping_patience": 1, "learning_rate": 0.05},
+        strategies=[{"name": "bottom_n", "params": {"n": 1}}],
+        optuna={"n_trials": 1, "pruner": "none"},
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(study), "--output", str(out)]) == 0
+    client, exp = _client(out)
+    (run,) = [r for r in client.search_runs([exp]) if r.data.tags.get("sweeps.role") == "trial"]
+    assert run.data.tags["frozen_params_verified"] == "true"
+    lr_head = [m.value for m in client.get_metric_history(run.info.run_id, "lr/head")]
+    assert all(v > 0 for v in lr_head) and client.get_metric_history(run.info.run_id, "lr/layer.0")[0].value == 0.0
+    epochs = json.loads((out / "trials" / "trial_0_epochs.json").read_text())
+    assert 1 <= len(epochs) <= 4  # early stopping may end it before the last epoch
