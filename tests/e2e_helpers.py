@@ -42,7 +42,10 @@ def make_dataset(folder: Path, n_train: int = 80, n_validation: int = 40, seed: 
 
 def make_tiny_model(folder: Path, layers: int = 2, hidden: int = 32) -> Path:
     """A tiny BertForSequenceClassification + word-level tokenizer saved in ``folder``."""
+    import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    torch.manual_seed(0)  # the same tiny checkpoint in every test session: end-to-end results are reproducible
 
     folder.mkdir(parents=True, exist_ok=True)
     words = sorted({w for phrase in SUBJECTS for w in phrase.split()} | set(POSITIVE) | set(NEGATIVE) | {"was", "not"})
