@@ -244,7 +244,7 @@ def _run_workers(args: argparse.Namespace, spec: Any, out: Path) -> int:
     from sweeps.study import StudyRunner
 
     runner = StudyRunner(spec, out, progress=log.info)  # creates the study and storage once, before the workers race
-    runner.parent_run_id = runner.tracker.parent_run(runner.study, spec.name, {"sweeps.study": runner.study.study_name})
+    runner.parent_run_id = runner.open_parent_run()
     runner._cover_strategies()  # enqueued once here rather than by every worker at once
     gpus = torch.cuda.device_count()
     cores = os.cpu_count() or 1
@@ -281,6 +281,9 @@ def _run_workers(args: argparse.Namespace, spec: Any, out: Path) -> int:
         for p in procs:
             p.wait()
         return _interrupted(_resume_command(args))
+    for i, code in enumerate(codes):
+        if code != 0:  # the others may have finished the study, but a crashed worker must not go unnoticed
+            log.warning("worker %d (pid %d) exited with code %d; its messages are above", i, procs[i].pid, code)
     _summary(runner, out, report=not args.no_report)
     if all(c != 0 for c in codes):
         return max(codes)

@@ -14,6 +14,7 @@ same parameters (``optuna.retry_failed`` times) or their slot goes to a new samp
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -77,12 +78,14 @@ def open_storage(spec: Any, output: Path) -> optuna.storages.BaseStorage:
     # we run the heartbeat thread ourselves around each asked trial (ask/tell), which Optuna warns about
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     try:
-        storage = optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=spec.optuna.heartbeat_interval,
-            grace_period=max(2 * spec.optuna.heartbeat_interval, 60),
-        )
+        # workers starting together on a fresh database raced to create Optuna's tables ("duplicate key ... pg_type")
+        with storage_lock(url, "freeze-sweeps:create-storage"):
+            storage = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=spec.optuna.heartbeat_interval,
+                grace_period=max(2 * spec.optuna.heartbeat_interval, 60),
+            )
     except Exception as exc:
         from sweeps.spec import mask_secrets
 
@@ -91,6 +94,61 @@ def open_storage(spec: Any, output: Path) -> optuna.storages.BaseStorage:
     if url.startswith("sqlite"):
         _serialize_sqlite(storage.engine)
     return storage
+
+
+@contextlib.contextmanager
+def storage_lock(url: str, name: str, engine: Any = None) -> Iterator[None]:
+    """An exclusive lock shared by every process using the storage at ``url`` — on every machine for PostgreSQL
+    (advisory lock) and MySQL (``GET_LOCK``), on this machine for SQLite and journal files (a lock file next to the
+    database, which is where those storages can be shared) — around get-or-create steps that must happen once: the
+    storage's tables, the study's MLflow parent run. ``engine``: an existing SQLAlchemy engine for ``url``."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme in ("postgresql", "mysql"):
+        import sqlalchemy
+
+        own = engine is None
+        if own:
+            engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        lock, unlock = (
+            ("SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)")
+            if scheme == "postgresql"
+            else ("SELECT GET_LOCK(:name, 600)", "SELECT RELEASE_LOCK(:name)")
+        )
+        bind = {"key": key} if scheme == "postgresql" else {"name": name[:64]}
+        try:
+            with engine.connect() as connection:
+                connection.execute(sqlalchemy.text(lock), bind)
+                connection.commit()
+                try:
+                    yield
+                finally:
+                    connection.execute(sqlalchemy.text(unlock), bind)
+                    connection.commit()
+        finally:
+            if own:
+                engine.dispose()
+        return
+    path = None
+    if scheme == "sqlite":
+        database = url.split(":///", 1)[1] if ":///" in url else ""
+        path = Path(database) if database and not database.startswith(":memory:") else None
+    elif url.startswith("journal:"):
+        path = Path(url.split(":", 1)[1])
+    try:
+        import fcntl
+    except ImportError:  # Windows: no cross-process file lock here
+        path = None
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _serialize_sqlite(engine: Any) -> None:
@@ -416,9 +474,7 @@ class StudyRunner:
                 check_strategy(entry.name, dict(entry.params), layer_map, index=i)
         self.num_layers = layer_map.num_layers
         del model, layer_map
-        self.parent_run_id = self.tracker.parent_run(
-            self.study, self.spec.name, {"sweeps.study": self.study.study_name}
-        )
+        self.parent_run_id = self.open_parent_run()
         if self.parent_run_id and not self._parent_has_params():
             self.tracker.log_text(self.parent_run_id, self.spec.dump_yaml(masked=True), "study.yaml")
             self.tracker.log_params(
@@ -431,6 +487,17 @@ class StudyRunner:
                     **self.ctx.model_source.describe(),
                 },
             )
+
+    def open_parent_run(self) -> str | None:
+        """The study's MLflow parent run, created by the first worker only: workers starting together (several
+        machines, ``docker compose --scale``) each created one and split the trials between two parents."""
+        storage = getattr(self.study._storage, "_backend", self.study._storage)
+        with storage_lock(
+            storage_url(self.spec, self.output),
+            f"freeze-sweeps:parent-run:{self.study.study_name}",
+            engine=getattr(storage, "engine", None),
+        ):
+            return self.tracker.parent_run(self.study, self.spec.name, {"sweeps.study": self.study.study_name})
 
     def _parent_has_params(self) -> bool:
         try:
