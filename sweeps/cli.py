@@ -26,20 +26,22 @@ def _setup_logging(output: Path | None, quiet: bool, verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers.clear()
     console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setFormatter(MaskingFormatter("%(message)s"))
     console.setLevel(level)
     root.addHandler(console)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(output / "sweeps.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.DEBUG if verbose else logging.INFO)
         root.addHandler(handler)
     optuna_logging_off()
     for noisy in ("optuna", "mlflow", "alembic", "urllib3", "transformers", "datasets", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # MLflow's own stderr handler would bypass the masking above; its records reach ours instead
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     try:
         import transformers
 
@@ -50,6 +52,30 @@ def _setup_logging(output: Path | None, quiet: bool, verbose: bool) -> None:
         datasets.disable_progress_bars()
     except ImportError:
         pass
+
+
+class MaskingFormatter(logging.Formatter):
+    """Log lines and tracebacks with passwords in URLs masked: a storage or tracking URL can turn up in any library's
+    message (MLflow's connection errors quote the full URL)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from sweeps.spec import mask_secrets
+
+        return mask_secrets(super().format(record))
+
+
+def _masked(exc: BaseException) -> str:
+    from sweeps.spec import mask_secrets
+
+    return mask_secrets(str(exc))
+
+
+def _masked_excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    import traceback
+
+    from sweeps.spec import mask_secrets
+
+    sys.stderr.write(mask_secrets("".join(traceback.format_exception(kind, exc, tb))))
 
 
 def optuna_logging_off() -> None:
@@ -409,16 +435,17 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    sys.excepthook = _masked_excepthook  # an unexpected traceback must not print a password either
     try:
         return COMMANDS[args.command](args)
     except SweepsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_masked(exc)}", file=sys.stderr)
         return exc.exit_code
     except (ValueError, LookupError) as exc:
         from strategies import LayerDiscoveryError, StrategyConfigError, UnknownStrategyError
 
         if isinstance(exc, (LayerDiscoveryError, StrategyConfigError, UnknownStrategyError)):
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {_masked(exc)}", file=sys.stderr)
             return EXIT_INVALID
         raise
     except KeyboardInterrupt:
