@@ -1,0 +1,190 @@
+"""Load test of several workers on one study: many very short trials, each recorded exactly once.
+
+    .venv/bin/python bench/bench_workers.py                    # 200 trials, 4 workers (the documented figure)
+    .venv/bin/python bench/bench_workers.py --trials 20 --workers 2 --keep /tmp/bench
+
+A tiny local BERT (2 layers, hidden 32) is fine-tuned on 32 rows for one epoch per trial, so a trial is a few
+optimizer steps and the run measures the bookkeeping around trials — asking Optuna for a trial, the MLflow parent and
+nested runs, metrics, artifacts, telling Optuna — with ``--workers K`` processes sharing the default SQLite storages
+(``optuna.db`` and ``mlflow.db`` in the study folder). At the end it checks that every trial was recorded exactly once:
+
+- Optuna: exactly ``n_trials`` trials ran to an end (complete/pruned/failed by their own error), none left running;
+- no trial number ran twice: one MLflow trial run per Optuna trial, with that trial's number and strategy;
+- MLflow: every trial run is under the study's one parent run and ended (``FINISHED``).
+
+It prints trials/minute over the whole command (process start-up included) and over the steady state (first trial
+start to last trial end, from Optuna's timestamps). Exit code 0 when every check passed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from e2e_helpers import make_dataset, make_tiny_model, write_study  # noqa: E402
+
+STRATEGIES = [
+    {"name": "none"},
+    {"name": "embeddings"},
+    {"name": "bottom_n", "params": {"n": {"type": "int", "low": 1, "high": 2}}},
+    {"name": "discriminative", "params": {"decay": {"type": "float", "low": 0.5, "high": 1.0}}},
+]
+
+
+def make_study(root: Path, n_trials: int, **overrides: Any) -> Path:
+    """The benchmark study in ``root``: tiny model, 32 training rows, 1 epoch of batch 16 (2 steps) per trial."""
+    model = make_tiny_model(root / "model")
+    data = make_dataset(root / "data", n_train=64, n_validation=16)
+    sections: dict[str, Any] = {
+        "name": "bench-workers",
+        "task": {
+            "model": str(model),
+            "max_length": 16,
+            "data": {
+                "train": str(data / "train.csv"),
+                "validation": str(data / "validation.csv"),
+                "id_column": "id",
+                "max_train_rows": 32,
+            },
+        },
+        "training": {"epochs": 1, "batch_size": 16, "eval_batch_size": 16, "learning_rate": 5e-3, "seed": 7},
+        "strategies": STRATEGIES,
+        "optuna": {"n_trials": n_trials, "pruner": "none", "sampler": "random"},
+        "tracking": {"enabled": True},
+    }
+    sections.update(overrides)
+    return write_study(root / "study.yaml", model, data, **sections)
+
+
+def check_exactly_once(out: Path, study_name: str, n_trials: int) -> dict[str, Any]:
+    """Read the Optuna and MLflow stores of a finished study; return the counts and a list of problems."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    problems: list[str] = []
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{out / 'optuna.db'}")
+    trials = study.get_trials(deepcopy=False)
+    surplus = [t for t in trials if t.user_attrs.get("surplus")]
+    real = [t for t in trials if not t.user_attrs.get("surplus")]
+    states = Counter(t.state.name for t in real)
+    ended = [t for t in real if t.state.name in ("COMPLETE", "PRUNED", "FAIL")]
+    if len(ended) != n_trials:
+        problems.append(f"Optuna: {len(ended)} trials ran to an end, expected {n_trials} ({dict(states)})")
+    if states.get("RUNNING") or states.get("WAITING"):
+        problems.append(f"Optuna: trials left {dict(states)}")
+    failed = [(t.number, t.user_attrs.get("fail_reason")) for t in real if t.state.name == "FAIL"]
+    if failed:
+        problems.append(f"Optuna: failed trials {failed[:5]}")
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(study_name)
+    runs = client.search_runs([experiment.experiment_id], max_results=50000) if experiment else []
+    parents = [r for r in runs if r.data.tags.get("sweeps.role") == "study"]
+    trial_runs = [r for r in runs if r.data.tags.get("sweeps.role") == "trial"]
+    if len(parents) != 1:
+        problems.append(f"MLflow: {len(parents)} parent runs, expected 1")
+    parent_id = parents[0].info.run_id if parents else None
+    numbers = Counter(int(r.data.tags["optuna.trial_number"]) for r in trial_runs)
+    twice = sorted(n for n, c in numbers.items() if c > 1)
+    if twice:
+        problems.append(f"MLflow: trial numbers logged more than once: {twice[:10]}")
+    if set(numbers) != {t.number for t in real}:
+        missing = sorted({t.number for t in real} - set(numbers))
+        extra = sorted(set(numbers) - {t.number for t in real})
+        problems.append(f"MLflow vs Optuna trial numbers: missing {missing[:10]}, extra {extra[:10]}")
+    by_number = {t.number: t for t in real}
+    for r in trial_runs:
+        t = by_number.get(int(r.data.tags["optuna.trial_number"]))
+        if t is not None and t.user_attrs.get("mlflow_run_id") != r.info.run_id:
+            problems.append(f"trial {t.number}: Optuna points at MLflow run {t.user_attrs.get('mlflow_run_id')}, "
+                            f"MLflow has {r.info.run_id}")
+        if r.data.tags.get("mlflow.parentRunId") != parent_id:
+            problems.append(f"MLflow run {r.info.run_name} is not under the study's parent run")
+        if r.info.status != "FINISHED":
+            problems.append(f"MLflow run {r.info.run_name} is {r.info.status}")
+    starts = [t.datetime_start for t in real if t.datetime_start]
+    ends = [t.datetime_complete for t in real if t.datetime_complete]
+    span = (max(ends) - min(starts)).total_seconds() if starts and ends else float("nan")
+    return {
+        "optuna_trials": len(real),
+        "optuna_ended": len(ended),
+        "optuna_states": dict(states),
+        "surplus_asks": len(surplus),
+        "mlflow_trial_runs": len(trial_runs),
+        "mlflow_parent_runs": len(parents),
+        "steady_span_s": span,
+        "problems": problems,
+    }
+
+
+def run_bench(root: Path, n_trials: int = 200, workers: int = 4, timeout: float = 3600) -> dict[str, Any]:
+    study = make_study(root, n_trials)
+    out = root / "out"
+    cmd = [sys.executable, "-m", "sweeps", "--quiet", "run", str(study), "--output", str(out), "--workers",
+           str(workers), "--no-report"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    wall = time.monotonic() - start
+    result = check_exactly_once(out, "bench-workers", n_trials)
+    log = (out / "sweeps.log").read_text() if (out / "sweeps.log").exists() else ""
+    result.update(
+        n_trials=n_trials,
+        workers=workers,
+        exit_code=proc.returncode,
+        wall_s=wall,
+        trials_per_min=n_trials / wall * 60,
+        steady_trials_per_min=n_trials / result["steady_span_s"] * 60 if result["steady_span_s"] else float("nan"),
+        locked_errors=(proc.stderr + log).count("database is locked"),
+        stderr_tail=proc.stderr[-10000:],
+    )
+    if proc.returncode != 0:
+        result["problems"].append(f"exit code {proc.returncode}")
+    crashed = (proc.stderr + log).count("exited with code")
+    if crashed:
+        result["problems"].append(f"{crashed} worker(s) exited with an error")
+    if result["locked_errors"]:
+        result["problems"].append(f"{result['locked_errors']} 'database is locked' errors")
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--keep", help="folder to keep the study in (default: a temporary folder)")
+    args = parser.parse_args()
+    if args.keep:
+        root = Path(args.keep)
+        root.mkdir(parents=True, exist_ok=True)
+        result = run_bench(root, args.trials, args.workers)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+            result = run_bench(Path(tmp), args.trials, args.workers)
+    shown = {k: v for k, v in result.items() if k != "stderr_tail"}
+    print(json.dumps(shown, indent=1, default=str))
+    print(
+        f"\n{args.trials} trials, {args.workers} workers, {os.cpu_count()} CPU cores: "
+        f"{result['trials_per_min']:.1f} trials/minute overall ({result['wall_s']:.0f}s including start-up), "
+        f"{result['steady_trials_per_min']:.1f} trials/minute steady state"
+    )
+    if result["problems"]:
+        print("FAILED:\n  " + "\n  ".join(result["problems"]) + "\n" + result["stderr_tail"], file=sys.stderr)
+        return 1
+    print("every trial recorded exactly once in Optuna and MLflow")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

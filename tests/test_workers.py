@@ -1,0 +1,133 @@
+"""Several workers on one study, for real: ``--workers 2`` on the default SQLite stores, and two separate worker
+processes (as on two machines, each with its own study folder) sharing a PostgreSQL study and MLflow store.
+
+Checked every time: ``n_trials`` honoured exactly, no trial number run twice, one MLflow run per Optuna trial, all
+under one parent run, different workers never replaying the same sampled parameters; with PostgreSQL also that the
+password in the storage and tracking URLs appears nowhere (output, logs, MLflow params/tags/artifacts, report).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import services
+from e2e_helpers import make_dataset, make_tiny_model, write_study
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_workers  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _distinct_samples(trials: list[optuna.trial.FrozenTrial], param: str) -> None:
+    """A continuous parameter drawn by the sampler never repeats: workers (and resumed runs) used to replay the same
+    random draws under different trial numbers."""
+    values = [t.params[param] for t in trials if param in t.params]
+    repeated = [v for v, c in Counter(values).items() if c > 1]
+    assert not repeated, f"{param}: the same sample evaluated several times: {repeated}"
+
+
+def test_two_workers_on_sqlite_record_every_trial_exactly_once(tmp_path: Path) -> None:
+    """The reduced load test: 20 very short trials, ``--workers 2``, default SQLite Optuna and MLflow stores."""
+    result = bench_workers.run_bench(tmp_path, n_trials=20, workers=2, timeout=600)
+    assert not result["problems"], result
+    assert result["optuna_ended"] == 20 and result["mlflow_trial_runs"] == 20 and result["mlflow_parent_runs"] == 1
+    assert result["locked_errors"] == 0
+    study = optuna.load_study(study_name="bench-workers", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}")
+    pids = {t.user_attrs["pid"] for t in study.trials if "pid" in t.user_attrs}
+    assert len(pids) == 2, f"both workers ran trials: {result['stderr_tail']}"
+    _distinct_samples(study.trials, "discriminative.decay")
+
+
+# -- PostgreSQL: workers on different machines ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def postgres():
+    server = services.postgres_or_skip()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_two_separate_workers_share_a_postgresql_study(
+    postgres: services.PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = postgres.create_database("optuna")
+    tracking = postgres.create_database("mlflow")
+    # the MLflow store is prepared once, as `mlflow server` (or `mlflow db upgrade`) does before workers connect
+    MlflowClient(tracking_uri=tracking.replace("postgresql://", "postgresql+psycopg2://")).search_experiments()
+
+    model = make_tiny_model(tmp_path / "model")
+    data = make_dataset(tmp_path / "data", n_train=48, n_validation=16)
+    n_trials = 8
+    study_file = write_study(
+        tmp_path / "study.yaml", model, data,
+        name="pg-study",
+        training={"epochs": 1, "batch_size": 16, "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2},
+                  "seed": 7, "num_threads": 1},
+        optuna={"n_trials": n_trials, "pruner": "none"},
+    )
+    procs, outs = [], []
+    for machine in ("a", "b"):
+        out = tmp_path / f"machine-{machine}"  # each "machine" has its own study folder
+        outs.append(out)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "sweeps", "run", str(study_file), "--output", str(out), "--no-report",
+             "--set", f"optuna.storage={storage}", "--set", f"tracking.uri={tracking}"],
+            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        ))
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+
+    # Optuna: exactly n_trials ran, each number once, by both workers
+    study = optuna.load_study(study_name="pg-study", storage=storage.replace("postgresql://", "postgresql+psycopg2://"))
+    real = [t for t in study.trials if not t.user_attrs.get("surplus")]
+    assert len(real) == n_trials and all(t.state.name == "COMPLETE" for t in real), Counter(
+        t.state.name for t in real
+    )
+    assert len({t.number for t in real}) == n_trials
+    assert len({t.user_attrs["pid"] for t in real}) == 2, "both workers ran trials"
+    _distinct_samples(real, "training.learning_rate")
+
+    # MLflow: one parent, one run per trial (no number twice), all under the parent and finished
+    client = MlflowClient(tracking_uri=tracking.replace("postgresql://", "postgresql+psycopg2://"))
+    experiment = client.get_experiment_by_name("pg-study")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("sweeps.role") == "study"]
+    trial_runs = [r for r in runs if r.data.tags.get("sweeps.role") == "trial"]
+    assert len(parents) == 1, [(p.info.run_id, p.info.start_time) for p in parents]
+    numbers = Counter(r.data.tags["optuna.trial_number"] for r in trial_runs)
+    assert sorted(int(n) for n in numbers) == sorted(t.number for t in real) and max(numbers.values()) == 1
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in trial_runs)
+    assert all(r.info.status == "FINISHED" for r in trial_runs)
+
+    # the password is masked everywhere: output, logs, MLflow params/tags/artifacts, report
+    from sweeps.cli import main
+
+    assert main(["report", str(study_file), "--output", str(outs[0]), "--format", "csv",
+                 "--set", f"optuna.storage={storage}", "--set", f"tracking.uri={tracking}"]) == 0
+    texts = {f"worker {i} stdout/stderr": out + err for i, (out, err) in enumerate(outputs)}
+    texts["report command output"] = "".join(capsys.readouterr())
+    for out in outs:
+        texts[f"{out.name}/sweeps.log"] = (out / "sweeps.log").read_text()
+        for path in (out / "report").rglob("*") if (out / "report").exists() else []:
+            if path.is_file() and path.suffix in (".html", ".csv", ".md", ".json", ".txt"):
+                texts[str(path)] = path.read_text(errors="replace")
+    for run in runs:
+        texts[f"run {run.info.run_name} params/tags"] = repr(run.data.params) + repr(run.data.tags)
+    parent_yaml = Path(client.download_artifacts(parents[0].info.run_id, "study.yaml", str(tmp_path)))
+    texts["parent study.yaml"] = parent_yaml.read_text()
+    assert "***@127.0.0.1" in texts["parent study.yaml"]  # the URLs are there, masked
+    leaks = [where for where, text in texts.items() if postgres.password in text]
+    assert not leaks, f"password visible in: {leaks}"
