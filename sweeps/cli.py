@@ -175,6 +175,9 @@ def _resume_command(args: argparse.Namespace) -> str:
 
 
 def _interrupted(resume: str) -> int:
+    if os.environ.get(_WORKER_ENV):  # a worker of --workers: its parent prints the command to resume
+        log.info("worker %d interrupted; its trial was recorded", os.getpid())
+        return EXIT_INTERRUPTED
     log.warning(
         "\nInterrupted: the current trial was recorded as failed (interrupted); completed trials are kept and the "
         "interrupted one does not count toward n_trials.\nResume with the same command: %s",
@@ -263,6 +266,9 @@ def _summary(runner: Any, out: Path, report: bool) -> None:
     print("\n".join(lines), flush=True)
 
 
+_WORKER_ENV = "SWEEPS_WORKER_OF"
+
+
 def _run_workers(args: argparse.Namespace, spec: Any, out: Path) -> int:
     """K worker processes on one study through Optuna's storage; one GPU each when there are enough GPUs."""
     import torch
@@ -276,7 +282,7 @@ def _run_workers(args: argparse.Namespace, spec: Any, out: Path) -> int:
     cores = os.cpu_count() or 1
     procs = []
     for i in range(args.workers):
-        env = dict(os.environ)
+        env = {**os.environ, _WORKER_ENV: str(os.getpid())}
         if gpus >= args.workers:
             env["CUDA_VISIBLE_DEVICES"] = str(i)
         cmd = [
