@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -128,9 +129,16 @@ def check_exactly_once(out: Path, study_name: str, n_trials: int) -> dict[str, A
     }
 
 
-def run_bench(root: Path, n_trials: int = 200, workers: int = 4, timeout: float = 3600) -> dict[str, Any]:
+def run_bench(
+    root: Path, n_trials: int = 200, workers: int = 4, timeout: float = 3600, mlflow_template: Path | None = None
+) -> dict[str, Any]:
+    """Run the study with ``workers`` workers and check it. ``mlflow_template``: an empty, migrated MLflow store to
+    start from (tests: skips MLflow's schema migrations; the benchmark itself includes them)."""
     study = make_study(root, n_trials)
     out = root / "out"
+    if mlflow_template is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(mlflow_template, out / "mlflow.db")
     cmd = [sys.executable, "-m", "sweeps", "--quiet", "run", str(study), "--output", str(out), "--workers",
            str(workers), "--no-report"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

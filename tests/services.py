@@ -31,6 +31,23 @@ from pathlib import Path
 
 NOT_INSTALLED = "PostgreSQL server not installed; .ci/run installs it (apt-get install postgresql)"
 
+_BLANK_MLFLOW: Path | None = None
+
+
+def blank_mlflow_db(destination: Path) -> Path:
+    """Copy an empty, fully migrated MLflow SQLite store to ``destination`` (a file path). MLflow runs its schema
+    migrations on a new store, several seconds each time; tests of something else make it once per session."""
+    global _BLANK_MLFLOW
+    if _BLANK_MLFLOW is None or not _BLANK_MLFLOW.exists():
+        from mlflow.tracking import MlflowClient
+
+        folder = Path(tempfile.mkdtemp(prefix="sweeps-blank-mlflow-"))
+        MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+        _BLANK_MLFLOW = folder / "mlflow.db"
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(_BLANK_MLFLOW, destination)
+    return destination
+
 
 class ServiceUnavailable(RuntimeError):
     """The service cannot be started here; the message says why (tests skip with it)."""

@@ -25,6 +25,7 @@ import optuna
 import pytest
 from e2e_helpers import make_dataset, make_tiny_model, write_study
 from mlflow.tracking import MlflowClient
+from services import blank_mlflow_db, free_port
 
 from sweeps.cli import main
 
@@ -38,13 +39,11 @@ ENDED = ("COMPLETE", "PRUNED", "FAIL")
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("fault-assets")
-    blank = root / "blank-mlflow" / "mlflow.db"
-    blank.parent.mkdir()
-    MlflowClient(tracking_uri=f"sqlite:///{blank}").search_experiments()  # runs MLflow's migrations once
+    blank = blank_mlflow_db(root / "blank-mlflow" / "mlflow.db")
     return {
         "model": make_tiny_model(root / "model"),
         "data": make_dataset(root / "data"),  # 80 rows: 5 batches of 16, an epoch well under a second
-        "big": make_dataset(root / "big", n_train=1500),  # ~94 batches: an epoch of a second or more, to hit
+        "big": make_dataset(root / "big", n_train=2000),  # 250 batches of 8: epochs long enough to hit
         "blank_mlflow": blank,
     }
 
@@ -130,7 +129,7 @@ def wait_for_log(proc: subprocess.Popen[str], out: Path, ready: Callable[[str], 
             return text
         if proc.poll() is not None:
             pytest.fail(f"the run ended (exit {proc.returncode}) before the awaited point:\n{text[-3000:]}")
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.kill()
     pytest.fail(f"timed out waiting in sweeps.log:\n{text[-3000:]}")
 
@@ -181,14 +180,13 @@ def assert_mlflow_consistent(out: Path, study: optuna.Study) -> None:
 def test_sigkill_mid_epoch_then_rerun_resumes_and_retries(assets: dict[str, Path], tmp_path: Path) -> None:
     study_file = write_study(
         tmp_path / "study.yaml", assets["model"], assets["big"],
-        training={"epochs": 2, "num_threads": 1, "cache": "off"},
+        training={"epochs": 2, "batch_size": 8, "num_threads": 1, "cache": "off"},
         optuna={"n_trials": 3, "pruner": "none", "retry_failed": 1},
     )
     out = fresh_output(assets, tmp_path / "out")
     proc = start_run(study_file, out, "--no-report")
     # trial 0 completes; trial 1 finishes its first epoch; SIGKILL lands in its second epoch
     wait_for_log(proc, out, lambda text: "trial 1 epoch 1/2" in text)
-    time.sleep(0.3)
     proc.kill()
     assert proc.wait(timeout=30) == -signal.SIGKILL
     log = (out / "sweeps.log").read_text()
@@ -237,15 +235,16 @@ def test_sigkill_mid_epoch_then_rerun_resumes_and_retries(assets: dict[str, Path
 def test_sigint_mid_trial_exits_130_records_and_resumes(assets: dict[str, Path], tmp_path: Path) -> None:
     study_file = write_study(
         tmp_path / "study.yaml", assets["model"], assets["big"],
-        training={"epochs": 2, "num_threads": 1, "cache": "off"},
+        training={"epochs": 2, "batch_size": 8, "num_threads": 1, "cache": "off"},
         optuna={"n_trials": 2, "pruner": "none"},
     )
     out = fresh_output(assets, tmp_path / "out")
     proc = start_run(study_file, out, "--no-report")
     wait_for_log(proc, out, lambda text: "trial 0 epoch 1/2" in text)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # in the second epoch
+
     assert proc.wait(timeout=60) == 130
+    assert "trial 0 epoch 2/2" not in (out / "sweeps.log").read_text(), "the SIGINT came too late"
     stderr = (tmp_path / "out.stderr").read_text()
     assert "Resume with the same command" in stderr
     assert f"--output {out}" in stderr  # the folder the user gave, or the hint resumes a different study
@@ -418,8 +417,6 @@ def test_unreachable_services_fail_with_masked_passwords(
 ) -> None:
     """A service that cannot be reached is exit code 1 with a message naming it — and never its password (MLflow's
     own error text quotes the full URL)."""
-    from services import free_port
-
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     study_file = write_study(tmp_path / "study.yaml", assets["model"], assets["data"])

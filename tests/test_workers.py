@@ -38,7 +38,8 @@ def _distinct_samples(trials: list[optuna.trial.FrozenTrial], param: str) -> Non
 
 def test_two_workers_on_sqlite_record_every_trial_exactly_once(tmp_path: Path) -> None:
     """The reduced load test: 20 very short trials, ``--workers 2``, default SQLite Optuna and MLflow stores."""
-    result = bench_workers.run_bench(tmp_path, n_trials=20, workers=2, timeout=600)
+    blank = services.blank_mlflow_db(tmp_path / "blank" / "mlflow.db")
+    result = bench_workers.run_bench(tmp_path, n_trials=20, workers=2, timeout=600, mlflow_template=blank)
     assert not result["problems"], result
     assert result["optuna_ended"] == 20 and result["mlflow_trial_runs"] == 20 and result["mlflow_parent_runs"] == 1
     assert result["locked_errors"] == 0
@@ -46,6 +47,52 @@ def test_two_workers_on_sqlite_record_every_trial_exactly_once(tmp_path: Path) -
     pids = {t.user_attrs["pid"] for t in study.trials if "pid" in t.user_attrs}
     assert len(pids) == 2, f"both workers ran trials: {result['stderr_tail']}"
     _distinct_samples(study.trials, "discriminative.decay")
+
+
+def test_ctrl_c_to_the_workers_parent_stops_every_worker(tmp_path: Path) -> None:
+    """SIGINT sent to ``run --workers 2`` alone (not to its process group, as a terminal would): the workers are
+    stopped too, each records its trial as interrupted (Optuna FAIL + MLflow KILLED), exit code 130, and one
+    command to resume is printed."""
+    import signal
+    import time
+
+    model = make_tiny_model(tmp_path / "model")
+    data = make_dataset(tmp_path / "data", n_train=2000)
+    study_file = write_study(
+        tmp_path / "study.yaml", model, data,
+        training={"epochs": 2, "batch_size": 8, "cache": "off"}, optuna={"n_trials": 6, "pruner": "none"},
+    )
+    out = tmp_path / "out"
+    services.blank_mlflow_db(out / "mlflow.db")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweeps", "run", str(study_file), "--output", str(out), "--workers", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    log = out / "sweeps.log"
+    deadline = time.monotonic() + 300
+    while not (log.exists() and log.read_text().count("epoch 1/2") >= 2):  # both workers inside a trial
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text() if log.exists() else ""
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.count("Resume with the same command") == 1 and "--workers 2" in err
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
+    states = Counter(t.state.name for t in study.trials)
+    assert not states.get("RUNNING"), states
+    interrupted = [t for t in study.trials if t.user_attrs.get("interrupted")]
+    assert len(interrupted) == 2 and len({t.user_attrs["pid"] for t in interrupted}) == 2
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    trial_runs = {r.data.tags["optuna.trial_number"]: r for r in runs if r.data.tags.get("sweeps.role") == "trial"}
+    assert {trial_runs[str(t.number)].info.status for t in interrupted} == {"KILLED"}
+    assert not [r for r in trial_runs.values() if r.info.status == "RUNNING"]
+    for line in log.read_text().splitlines():
+        if "started (pid" in line:  # the workers are gone
+            pid = int(line.rsplit("pid ", 1)[1].split(")")[0])
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
 
 
 # -- PostgreSQL: workers on different machines ------------------------------------------------------------------------
