@@ -15,6 +15,7 @@ the temporary folder.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import os
@@ -42,6 +43,7 @@ def blank_mlflow_db(destination: Path) -> Path:
         from mlflow.tracking import MlflowClient
 
         folder = Path(tempfile.mkdtemp(prefix="sweeps-blank-mlflow-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
         _BLANK_MLFLOW = folder / "mlflow.db"
     destination.parent.mkdir(parents=True, exist_ok=True)
