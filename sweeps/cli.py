@@ -226,7 +226,8 @@ def _summary(runner: Any, out: Path, report: bool) -> None:
             )
         except Exception as exc:
             log.warning("report not written: %s", exc)
-    if runner.parent_run_id:
+    still_running = any(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False))
+    if runner.parent_run_id and not still_running:  # other workers may still be logging under the parent
         runner.tracker.end_run(runner.parent_run_id, "FINISHED")
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):

@@ -72,7 +72,9 @@ class Tracker:
         except Exception as exc:
             from sweeps.spec import mask_secrets
 
-            raise SweepsError(f"tracking.uri: cannot use MLflow tracking at {mask_secrets(uri)}: {exc}") from exc
+            raise SweepsError(
+                f"tracking.uri: cannot use MLflow tracking at {mask_secrets(uri)}: {mask_secrets(str(exc))}"
+            ) from exc
 
     # -- runs ---------------------------------------------------------------------------------------------------
     def parent_run(self, study: Any, run_name: str, tags: Mapping[str, str]) -> str | None:

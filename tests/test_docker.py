@@ -302,7 +302,8 @@ def test_mlflow_command(compose: dict) -> None:
     words = invocation(compose["services"]["mlflow"])
     assert words[:2] == ["mlflow", "server"], words
     backend = option_values(words, "--backend-store-uri")
-    assert len(backend) == 1 and backend[0].startswith("postgresql://") and "@postgres:5432/" in backend[0], backend
+    assert len(backend) == 1 and "@postgres:5432/" in backend[0], backend
+    assert backend[0].startswith(("postgresql://", "postgresql+psycopg2://")), backend
     assert "${POSTGRES_PASSWORD" in backend[0], "the password comes from the environment"
     assert option_values(words, "--host") == ["0.0.0.0"]
     assert option_values(words, "--port") == ["5000"]
