@@ -607,7 +607,10 @@ class OptunaConfig(_Model):
         "median"
     )
     pruner_warmup_epochs: Annotated[int, Ge(0)] = 0
-    objectives: Annotated[list[Objective] | None, BeforeValidator(_objective_shorthand), Field(min_length=1)] = None
+    # min_length on the list itself: applied to the ``| None`` union it raised TypeError for ``objectives: null``
+    objectives: Annotated[
+        Annotated[list[Objective], Field(min_length=1)] | None, BeforeValidator(_objective_shorthand)
+    ] = None
     storage: str | None = None
     study_name: Annotated[str, Field(min_length=1)] | None = None
     retry_failed: Annotated[int, Ge(0)] = 0

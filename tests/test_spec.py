@@ -854,3 +854,13 @@ def test_reference_example_parses(tmp_path: Path) -> None:
     example = REFERENCE.read_text().split("```yaml\n")[-1].split("```")[0]
     spec = load_spec(write(tmp_path, example))
     assert spec.multi_objective and spec.strategy_names[-1] == "bottom_n+discriminative"
+
+
+def test_objectives_null_means_the_task_metric() -> None:
+    """Found by the fuzz test: ``objectives: null`` crashed pydantic's length check with a TypeError."""
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml").read_text())
+    data["optuna"]["objectives"] = None
+    spec = parse_spec(data, Path("/tmp"))
+    assert [o.metric for o in spec.optuna.objectives] == [spec.task.metric]
