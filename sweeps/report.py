@@ -480,6 +480,17 @@ def _figure(width: float = 7.5, height: float = 4.8) -> Any:
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def _finish_metric_plot(fig: Any, ax: Any, ctx: Any, file: str, title: str, xlabel: str) -> None:
+    """The common tail of the plots whose x axis counts something (n, epoch, trial) and whose y axis is the metric."""
+    _integer_ticks(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ctx.metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, ctx.out / file)
+
+
 def _save(fig: Any, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
@@ -578,13 +589,7 @@ def _plot_bottom_n(ctx: _Context) -> _Plot:
     base = ctx.done[ctx.done["strategy"] == BASELINE] if len(ctx.done) else ctx.done
     if len(base):
         ax.axhline(float(base.iloc[0][ctx.metric]), color="0.5", ls=":", label=f"best {BASELINE} (full fine-tuning)")
-    _integer_ticks(ax)
-    ax.set_xlabel("n (frozen bottom layers)")
-    ax.set_ylabel(ctx.metric)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, ctx.out / file)
+    _finish_metric_plot(fig, ax, ctx, file, title, "n (frozen bottom layers)")
     return _Plot(file, title)
 
 
@@ -634,14 +639,8 @@ def _plot_curves(ctx: _Context, study_out: Path) -> _Plot:
     if not drawn:
         return _Plot(None, title, "No per-epoch series found (trials/trial_<n>_epochs.json) and no pruned trial.")
     ax.plot([], [], color="0.4", ls="--", label="pruned")
-    _integer_ticks(ax)
-    ax.set_xlabel("epoch")
     ax.set_xlim(0.8, max(ctx.epochs, 1) + 0.2)
-    ax.set_ylabel(ctx.metric)
-    ax.set_title(f"{title} (dashed: pruned)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, ctx.out / file)
+    _finish_metric_plot(fig, ax, ctx, file, f"{title} (dashed: pruned)", "epoch")
     note = "Pruned trials are drawn from the values reported to the pruner." if used_intermediate else ""
     return _Plot(file, title, note)
 
@@ -658,13 +657,7 @@ def _plot_history(ctx: _Context) -> _Plot:
     values = done[ctx.metric].astype(float).to_numpy()
     running = np.maximum.accumulate(values) if ctx.direction == "maximize" else np.minimum.accumulate(values)
     ax.step(done["number"], running, where="post", color="black", lw=1.2, label="best so far")
-    _integer_ticks(ax)
-    ax.set_xlabel("trial")
-    ax.set_ylabel(ctx.metric)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, ctx.out / file)
+    _finish_metric_plot(fig, ax, ctx, file, title, "trial")
     return _Plot(file, title)
 
 
