@@ -6,7 +6,7 @@ evaluation on SST-2 dev, max length 64, batch 32, AdamW, 3 epochs, fp32, 2 threa
 
 * Trainer: frozen parameters get ``requires_grad=False`` and are left out of the optimizer (the way users do it);
   discriminative LRs through a custom optimizer with one parameter group per layer group.
-* freeze-sweeps: ``sweeps.trial.train_once`` (the code a study trial runs), with the activation cache cold (built
+* freeze-sweeps: ``sweeps.train.train_once`` (the code a study trial runs), with the activation cache cold (built
   inside the trial) and, for ``bottom_n``, warm (built by an earlier run with the same cache folder).
 * Floor: one block's forward and forward+backward are timed on the real batches; each strategy's epoch time is
   predicted from them (cached frozen blocks cost 0, trainable blocks forward+backward) and measured/predicted printed.
@@ -93,7 +93,7 @@ def study_yaml(data: Path, rows: int, epochs: int, out: Path, cache: str) -> Pat
 def training_dict(spec: Any, strategy: str, params: dict[str, Any]) -> dict[str, Any]:
     import optuna
 
-    from sweeps.search import suggest
+    from sweeps.study import suggest
 
     fixed = {"strategy": strategy, **{f"{strategy}.{k}": v for k, v in params.items()}}
     return suggest(optuna.trial.FixedTrial(fixed), spec).training
@@ -101,7 +101,7 @@ def training_dict(spec: Any, strategy: str, params: dict[str, Any]) -> dict[str,
 
 # -- freeze-sweeps ----------------------------------------------------------------------------------------------------
 def run_sweeps(ctx: Any, strategy: str, params: dict[str, Any]) -> dict[str, Any]:
-    from sweeps.trial import train_once
+    from sweeps.train import train_once
 
     training = training_dict(ctx.spec, strategy, params)
     keys = {"train": ctx.split_keys["train"], "eval": ctx.split_keys["validation"]}
@@ -127,8 +127,8 @@ def run_trainer(ctx: Any, strategy: str, params: dict[str, Any], epochs: int, ou
     from transformers import Trainer, TrainerCallback, TrainingArguments, get_linear_schedule_with_warmup, set_seed
 
     from strategies import build_strategy, discover_layers
-    from sweeps.memory import PeakMemory
     from sweeps.metrics import classification_metrics
+    from sweeps.train.memory import PeakMemory
 
     set_seed(42)
     model = ctx.build_model()
@@ -216,7 +216,7 @@ def block_costs(ctx: Any, batches: int = 20) -> dict[str, float]:
     the real training batches (same padding as training)."""
     from torch.utils.data import DataLoader
 
-    from sweeps.forward import model_inputs
+    from sweeps.data import model_inputs
 
     model = ctx.build_model()
     model.train()
@@ -288,8 +288,8 @@ def main() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    from sweeps.spec import load_spec
-    from sweeps.trial import StudyContext
+    from sweeps.config import load_spec
+    from sweeps.train import StudyContext
 
     if args.out.exists():
         shutil.rmtree(args.out)

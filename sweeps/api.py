@@ -4,7 +4,7 @@
     table = run_study("studies/kaggle_csv_cv.yaml", overrides=["optuna.n_trials=4"])   # one row per trial
     preds = predict("studies/kaggle_csv_cv.yaml", test_df)                            # prediction + prob_<label>
 
-``study`` is a study file (str/Path), the same data as a dict, or a :class:`~sweeps.spec.StudySpec`; where a study
+``study`` is a study file (str/Path), the same data as a dict, or a :class:`~sweeps.config.StudySpec`; where a study
 folder is enough (:func:`load_best`, :func:`predict`) the folder itself (or a loaded :class:`BestModel`) works too.
 Running is the same as ``python -m sweeps run``: the same Optuna study and MLflow runs, resumable from either side.
 """
@@ -26,9 +26,9 @@ __all__ = ["BestModel", "load_best", "load_study_spec", "predict", "run_study", 
 
 
 def load_study_spec(study: Any, overrides: Sequence[str] = (), output: str | Path | None = None) -> Any:
-    """A :class:`~sweeps.spec.StudySpec` from a study file, a dict (relative paths against the current directory)
+    """A :class:`~sweeps.config.StudySpec` from a study file, a dict (relative paths against the current directory)
     or a spec (copied when ``overrides``/``output`` change it)."""
-    from sweeps.spec import StudySpec, apply_overrides, load_spec, parse_spec
+    from sweeps.config import StudySpec, apply_overrides, load_spec, parse_spec
 
     overrides = [overrides] if isinstance(overrides, str) else list(overrides)
     out = str(output) if output is not None else None
@@ -50,12 +50,6 @@ def load_study_spec(study: Any, overrides: Sequence[str] = (), output: str | Pat
     if isinstance(study, (str, Path)):
         return load_spec(study, overrides, output=out)
     raise SpecError("", f"study: expected a study file path, a dict or a StudySpec, got {type(study).__name__}")
-
-
-def _output(spec: Any) -> Path:
-    from sweeps.cli import output_dir
-
-    return output_dir(spec)
 
 
 def trials_frame(study: Any) -> Any:
@@ -106,7 +100,7 @@ def run_study(
     from sweeps.study import StudyRunner
 
     spec = load_study_spec(study, overrides, output)
-    runner = StudyRunner(spec, _output(spec), dataframe=dataframe, progress=log.info)
+    runner = StudyRunner(spec, spec.output_dir, dataframe=dataframe, progress=log.info)
     try:
         runner.prepare()
         runner.run()
@@ -117,7 +111,7 @@ def run_study(
 
 
 def _best_and_spec(study_or_out: Any) -> tuple[BestModel, Any]:
-    from sweeps.spec import StudySpec
+    from sweeps.config import StudySpec
 
     if isinstance(study_or_out, BestModel):
         return study_or_out, None
@@ -126,7 +120,7 @@ def _best_and_spec(study_or_out: Any) -> tuple[BestModel, Any]:
     if isinstance(study_or_out, (str, Path, dict, StudySpec)):
         spec = load_study_spec(study_or_out)
         device = spec.training.device if spec.training.device != "auto" else None
-        return _load_best_folder(_output(spec), device=device, max_length=spec.task.max_length), spec
+        return _load_best_folder(spec.output_dir, device=device, max_length=spec.task.max_length), spec
     raise SpecError(
         "",
         f"expected a study file, a study folder, a dict, a StudySpec or a BestModel, got {type(study_or_out).__name__}",

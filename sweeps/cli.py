@@ -59,13 +59,13 @@ class MaskingFormatter(logging.Formatter):
     message (MLflow's connection errors quote the full URL)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        from sweeps.spec import mask_secrets
+        from sweeps.config import mask_secrets
 
         return mask_secrets(super().format(record))
 
 
 def _masked(exc: BaseException) -> str:
-    from sweeps.spec import mask_secrets
+    from sweeps.config import mask_secrets
 
     return mask_secrets(str(exc))
 
@@ -73,7 +73,7 @@ def _masked(exc: BaseException) -> str:
 def _masked_excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
     import traceback
 
-    from sweeps.spec import mask_secrets
+    from sweeps.config import mask_secrets
 
     sys.stderr.write(mask_secrets("".join(traceback.format_exception(kind, exc, tb))))
 
@@ -137,18 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace):
-    from sweeps.spec import load_spec
+    from sweeps.config import load_spec
 
     return load_spec(args.study, args.overrides, output=args.output)
 
 
-def output_dir(spec: Any) -> Path:
-    return Path(spec.output) if spec.output else Path("runs") / spec.name
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     spec = _load(args)
-    out = output_dir(spec)
+    out = spec.output_dir
     _setup_logging(out, args.quiet, args.verbose)
     if args.workers > 1:
         return _run_workers(args, spec, out)
@@ -160,7 +156,7 @@ def _resume_command(args: argparse.Namespace) -> str:
     masked: they are printed)."""
     import shlex
 
-    from sweeps.spec import mask_secrets
+    from sweeps.config import mask_secrets
 
     parts = ["python", "-m", "sweeps", "run", args.study]
     if args.output:
@@ -206,14 +202,14 @@ def _run_here(spec: Any, out: Path, report: bool = True, resume: str | None = No
     if not completed:
         log.error("no trial completed; see the failure reasons above and in %s", out / "sweeps.log")
         return EXIT_FAILURE
-    from sweeps.spec import mask_secrets
+    from sweeps.config import mask_secrets
 
     log.debug("storage: %s", mask_secrets(storage_url(spec, out)))
     return EXIT_OK
 
 
 def _summary(runner: Any, out: Path, report: bool) -> None:
-    from sweeps.spec import mask_secrets
+    from sweeps.config import mask_secrets
 
     study = runner.study
     report_path = None
@@ -329,7 +325,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.model:
         from sweeps.study import StudyRunner
 
-        out = output_dir(spec)
+        out = spec.output_dir
         StudyRunner(spec, out).prepare()
     print(f"{args.study}: OK ({len(spec.strategies)} strategies, objectives {list(_objective_names(spec))})")
     return EXIT_OK
@@ -342,7 +338,7 @@ def _objective_names(spec: Any):
 
 def cmd_report(args: argparse.Namespace) -> int:
     spec = _load(args)
-    out = output_dir(spec)
+    out = spec.output_dir
     _setup_logging(None, args.quiet, args.verbose)
     from sweeps.report import trials_table, write_report
     from sweeps.study import open_study
@@ -379,13 +375,13 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 def cmd_inspect(args: argparse.Namespace) -> int:
     _setup_logging(None, True, args.verbose)
     from strategies import describe, discover_layers, format_table
-    from sweeps.models import load_classifier, resolve_model
-    from sweeps.trial import check_strategy, layer_spec
+    from sweeps.train import check_strategy, layer_spec
+    from sweeps.train.models import load_classifier, resolve_model
 
     spec = None
     model_ref, base = args.model, None
     if args.model.endswith((".yaml", ".yml")) and Path(args.model).is_file():
-        from sweeps.spec import load_spec
+        from sweeps.config import load_spec
 
         spec = load_spec(args.model)
         model_ref, base = spec.task.model, spec.base_dir
@@ -419,7 +415,7 @@ def cmd_list_strategies(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     spec = _load(args)
-    out = output_dir(spec)
+    out = spec.output_dir
     _setup_logging(None, args.quiet, args.verbose)
     from sweeps.predict import predict_submission
 

@@ -4,7 +4,8 @@ The study runner keeps the best trial's model at ``<out>/models/trial_<n>/`` (wi
 fold under ``fold_<k>/``) and points at it from ``<out>/models/best.json``. :func:`load_best` reloads that folder with
 the plain ``transformers`` Auto classes (the saved folders are ordinary ``save_pretrained`` checkpoints, readable
 without freeze-sweeps); :func:`predict_proba` averages the class probabilities of the fold models;
-:func:`predict_submission` reads the test file through :mod:`sweeps.data` (the same readers and checks as training)
+:func:`predict_submission` reads the test file with :func:`sweeps.data.read_test` (the same readers and checks as
+training)
 and writes ``submission.csv``: the id column plus the predicted label (original label names) or one probability
 column per class.
 """
@@ -20,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from sweeps.data import read_test
 from sweeps.errors import DataError, ModelLoadError, SweepsError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BestModel", "load_best", "predict_labels", "predict_proba", "predict_submission", "read_test"]
+__all__ = ["BestModel", "load_best", "predict_labels", "predict_proba", "predict_submission"]
 
 DEFAULT_MAX_LENGTH = 128  # task.max_length's default, for a study folder reloaded without its study file
 
@@ -212,78 +214,8 @@ def predict_labels(best: BestModel, probs: np.ndarray) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Test file and submission
+# Submission
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _test_location(spec: Any, test: str | Path | None) -> tuple[str, bool]:
-    """(location, is_hub_split): ``--test`` (relative to the current directory) or ``task.data.test`` (relative to
-    the study file)."""
-    cfg = spec.task.data
-    if test is not None:
-        return str(Path(test).expanduser()), False
-    if cfg.test is None:
-        raise DataError("no test file: pass --test FILE or set task.data.test in the study file")
-    if cfg.source == "hub" or (cfg.source == "auto" and cfg.hub_id):
-        return str(cfg.test), True
-    return str(spec.resolve_path(cfg.test)), False
-
-
-def _test_format(path: Path, source: str, from_cli: bool) -> str:
-    """The reader for the test file: as configured (``task.data.test``, like the training files); for ``--test``
-    the file's extension first (a Kaggle test file may differ in format from train), else the configured source."""
-    from sweeps import data as data_mod
-
-    configured = source if source not in ("auto", "hub") else "auto"
-    if from_cli:
-        try:
-            return data_mod._format_for(path, "auto", "test")
-        except DataError:
-            if configured == "auto":
-                raise
-            return configured
-    return data_mod._format_for(path, configured, "test")
-
-
-def read_test(spec: Any, test: str | Path | None = None) -> tuple[Any, str]:
-    """The normalised test split (``text``, optional ``text_pair``, ``example_id``, ``id``) as a ``datasets.Dataset``,
-    read with the data module's readers and checks, and the name of the id column to write.
-
-    The id column is ``task.data.id_column`` when the test file has it (else an ``id`` column of the file, else the
-    row number 0..n-1 under the header ``id``). A missing text column is a :class:`DataError` listing the columns
-    found.
-    """
-    from sweeps import data as data_mod
-
-    cfg = spec.task.data
-    location, from_hub = _test_location(spec, test)
-    if from_hub:
-        raw = data_mod._load_hub(cfg.hub_id, cfg.hub_config, location)
-    else:
-        path = Path(location)
-        fmt = _test_format(path, cfg.source, from_cli=test is not None)
-        raw = data_mod._read_file(path, fmt, "test")
-        if test is not None:
-            raw.where = f"{path} (--test)"
-    data_mod._require_column(raw, cfg.text_column, "text_column")
-    id_column = cfg.id_column
-    if id_column is None or id_column not in raw.frame.columns:
-        if id_column is not None:
-            log.warning("%s: no id column %r (task.data.id_column): writing row numbers as id", raw.where, id_column)
-        id_column = "id" if "id" in raw.frame.columns and "id" not in (cfg.text_column, cfg.text_pair_column) else None
-    frame = data_mod._normalise(raw, _with_id_column(cfg, id_column), None, require_id=id_column is not None)
-    return data_mod._to_dataset(frame, []), id_column or "id"
-
-
-def _with_id_column(cfg: Any, id_column: str | None) -> Any:
-    """``cfg`` with another ``id_column`` (a pydantic model copy, or a namespace for duck-typed configs)."""
-    if getattr(cfg, "id_column", None) == id_column:
-        return cfg
-    if hasattr(cfg, "model_copy"):
-        return cfg.model_copy(update={"id_column": id_column})
-    from types import SimpleNamespace
-
-    return SimpleNamespace(**{**vars(cfg), "id_column": id_column})
 
 
 def predict_submission(

@@ -25,9 +25,9 @@ from strategies import FreezeController, LayerMap, discover_layers, make_optimiz
 from strategies.bottom_n import BottomN
 from strategies.gradual import Gradual
 from sweeps.cache import CachedPrefixForward, clear_memory_cache, publish, remove_stale_tmp, token_fingerprints
-from sweeps.forward import DirectForward, ForwardRunner
-from sweeps.loop import LoopConfig, TrainingLoop
-from sweeps.memory import PeakMemory
+from sweeps.train.forward import DirectForward, ForwardRunner
+from sweeps.train.loop import LoopConfig, TrainingLoop
+from sweeps.train.memory import PeakMemory
 
 hf_logging.set_verbosity_error()
 

@@ -1,4 +1,4 @@
-"""Tests of sweeps.data (loading, checks, tokenisation cache, batching) and sweeps.datagen (offline datasets).
+"""Tests of sweeps.data (loading, checks, tokenisation cache, batching) and scripts/datagen.py (offline datasets).
 
 Everything runs on tiny files written into tmp_path and a 30-word tokenizer built here, so the module stays fast; the
 real MiniLM tokenizer and the shared SST-2 file are used where present and skipped cleanly where not.
@@ -20,9 +20,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from datagen import generate_sentiment, make_kaggle_example, make_quickstart_dataset
 
 from sweeps import data as sd
-from sweeps.datagen import generate_sentiment, make_kaggle_example, make_quickstart_dataset
+from sweeps.data import batch as data_batch
+from sweeps.data import tokenise as data_tokenise
 from sweeps.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -440,13 +442,13 @@ def test_tokenize_pairs(tokenizer: Any) -> None:
 def test_tokenisation_cache_hit(tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     task = sd.load_task_data(make_cfg(), dataframe=sentiment_frame(30))
     calls: list[int] = []
-    real_encode = sd._encode_batch
+    real_encode = data_tokenise._encode_batch
 
     def counting(batch: dict[str, list[Any]], **kwargs: Any) -> dict[str, list[Any]]:
         calls.append(len(batch["text"]))
         return real_encode(batch, **kwargs)
 
-    monkeypatch.setattr(sd, "_encode_batch", counting)
+    monkeypatch.setattr(data_tokenise, "_encode_batch", counting)
     first = sd.tokenize_split(task.train, tokenizer, 16, tmp_path / "cache")
     assert calls and sum(calls) == len(task.train)
     key = sd.tokenization_key(tokenizer, 16, sd.split_fingerprint(task.train))
@@ -513,15 +515,15 @@ def test_collator_pads_dynamically(tokenizer: Any) -> None:
 def test_length_grouped_order() -> None:
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 120, size=1000).tolist()
-    order = sd.length_grouped_order(lengths, batch_size=8, seed=3)
+    order = data_batch.length_grouped_order(lengths, batch_size=8, seed=3)
     assert sorted(order) == list(range(1000))
-    assert order == sd.length_grouped_order(lengths, batch_size=8, seed=3)
-    assert order != sd.length_grouped_order(lengths, batch_size=8, seed=4)
+    assert order == data_batch.length_grouped_order(lengths, batch_size=8, seed=3)
+    assert order != data_batch.length_grouped_order(lengths, batch_size=8, seed=4)
     assert lengths[order[0]] == max(lengths)  # the longest batch first: out-of-memory shows at step 1
     padded = sum(max(lengths[i] for i in order[k:k + 8]) * 8 for k in range(0, 1000, 8))
     random_padded = sum(max(lengths[i] for i in range(k, k + 8)) * 8 for k in range(0, 1000, 8))
     assert padded < 0.8 * random_padded
-    assert sd.length_grouped_order([], 8, 0) == []
+    assert data_batch.length_grouped_order([], 8, 0) == []
 
 
 def test_stratified_folds() -> None:
@@ -609,7 +611,7 @@ def test_kaggle_example_loads_for_cross_validation() -> None:
 
 
 def test_datagen_cli(tmp_path: Path) -> None:
-    from sweeps.datagen import main
+    from datagen import main
 
     assert main([str(tmp_path / "q")]) == 0
     assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["test.csv", "train.csv", "validation.csv"]

@@ -443,10 +443,9 @@ def test_trials_of_a_lost_machine_are_recovered_once_after_the_grace_period(
     import sqlite3
     from concurrent.futures import ThreadPoolExecutor
 
-    from sweeps.search import suggest
-    from sweeps.spec import load_spec
-    from sweeps.study import budget_used, open_study, recover_dead_trials
-    from sweeps.tracking import RUN_ATTR, Tracker, default_tracking_uri
+    from sweeps.config import load_spec
+    from sweeps.study import budget_used, open_study, recover_dead_trials, suggest
+    from sweeps.track import RUN_ATTR, Tracker, default_tracking_uri
 
     study_file = write_study(tmp_path / "study.yaml", assets["model"], assets["data"],
                              optuna={"n_trials": 4, "retry_failed": 1})

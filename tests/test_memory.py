@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sweeps.memory import PeakMemory, current_rss_mb
+from sweeps.train.memory import PeakMemory, current_rss_mb
 
 
 def _touch(mb: int) -> torch.Tensor:
@@ -29,7 +29,7 @@ def test_light_trial_after_heavy_trial_reports_its_own_peak() -> None:
 
 
 def test_sampler_fallback_measures_a_peak(monkeypatch) -> None:
-    import sweeps.memory as mem
+    import sweeps.train.memory as mem
 
     monkeypatch.setattr(mem, "_CLEAR_REFS", mem.Path("/nonexistent/clear_refs"))
     memory = PeakMemory(torch.device("cpu"))

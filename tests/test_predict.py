@@ -165,7 +165,7 @@ def test_fold_models_are_averaged(tmp_path):
 
 
 def _spec(folder: Path, **data):
-    from sweeps.spec import parse_spec
+    from sweeps.config import parse_spec
 
     make_tiny_model(folder / "model")
     fields = {"train": "train.csv", "text_column": "text", "label_column": "label", **data}

@@ -123,7 +123,7 @@ def sentence(lines: list[str], start: str) -> str:
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, str, Path]:
     """One report of the hand-built study, logged to a real local MLflow store (sqlite + file artifacts): written
     once for the whole module because creating an MLflow database takes seconds."""
-    from sweeps.tracking import Tracker
+    from sweeps.track import Tracker
 
     tmp = tmp_path_factory.mktemp("report")
     out = tmp / "study"

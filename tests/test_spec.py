@@ -15,15 +15,7 @@ import optuna
 import pytest
 import yaml
 
-from sweeps.errors import EXIT_INVALID, SpecError
-from sweeps.search import (
-    TrialParams,
-    check_strategy_bounds,
-    grid_search_space,
-    search_bounds,
-    suggest,
-)
-from sweeps.spec import (
+from sweeps.config import (
     CategoricalSpace,
     FloatSpace,
     IntSpace,
@@ -33,6 +25,9 @@ from sweeps.spec import (
     mask_secrets,
     parse_spec,
 )
+from sweeps.config.search_space import check_strategy_bounds, grid_search_space, search_bounds
+from sweeps.errors import EXIT_INVALID, SpecError
+from sweeps.study.suggest import TrialParams, suggest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -832,7 +827,7 @@ REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "yaml-reference.md"
 
 
 def test_reference_documents_every_field() -> None:
-    from sweeps import spec as spec_module
+    from sweeps import config as spec_module
 
     text = REFERENCE.read_text()
     models = [

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sweeps.config import StudySpec, apply_overrides, load_spec, parse_spec
 from sweeps.errors import SpecError
-from sweeps.spec import StudySpec, apply_overrides, load_spec, parse_spec
 
 # CI replays a fixed set of examples (a red main must come from a change, not from the dice); local runs explore.
 FUZZ = settings(

@@ -1,96 +1,33 @@
-"""From a :class:`~sweeps.spec.StudySpec` to Optuna suggestions.
+"""The search space as Optuna sees it: parameter names, the grid, and the layer-count check.
 
-The search space is *conditional*: a trial first picks a strategy (``"strategy"``, a categorical over the study's
-strategy names, skipped when there is only one), then samples only that strategy's hyperparameters, named
-``"<strategy>.<param>"`` so two strategies' ``n`` never share a distribution; searchable training fields are named
-``"training.<field>"``. Keeping the names stable is what makes ``study.enqueue_trial``, resumed studies and the
-MLflow params line up.
+The space is *conditional*: a trial first picks a strategy (``"strategy"``, a categorical over the
+study's strategy names, skipped when there is only one), then samples only that strategy's
+hyperparameters, named ``"<strategy>.<param>"`` so two strategies' ``n`` never share a distribution;
+searchable training fields are named ``"training.<field>"``. Keeping the names stable is what makes
+``study.enqueue_trial``, resumed studies and the MLflow params line up.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
-import optuna
-
+from sweeps.config.schema import StudySpec
+from sweeps.config.spaces import CategoricalSpace, FloatSpace, IntSpace, SearchSpace, is_search
 from sweeps.errors import SpecError
-from sweeps.spec import CategoricalSpace, FloatSpace, IntSpace, SearchSpace, StudySpec, is_search
-
-__all__ = [
-    "MAX_GRID_SIZE",
-    "MAX_GRID_VALUES",
-    "STRATEGY_PARAM",
-    "TrialParams",
-    "check_strategy_bounds",
-    "grid_search_space",
-    "param_name",
-    "search_bounds",
-    "suggest",
-]
 
 STRATEGY_PARAM = "strategy"
+
+
 MAX_GRID_VALUES = 10_000  # values of one grid dimension
+
+
 MAX_GRID_SIZE = 1_000_000  # combinations: Optuna's GridSampler materialises them all
 
 
 def param_name(strategy: str, param: str) -> str:
     """The Optuna name of a strategy hyperparameter."""
     return f"{strategy}.{param}"
-
-
-@dataclass
-class TrialParams:
-    """What one trial trains with.
-
-    ``strategy_params`` holds every hyperparameter of the chosen strategy (defaults, fixed values and sampled values),
-    ready for :func:`strategies.registry.build_strategy` and for logging; ``training`` is the complete training
-    section with searched fields replaced by their sampled values; ``searched`` only the sampled values, by Optuna
-    name (what the sampler actually chose).
-    """
-
-    strategy: str
-    strategy_params: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-    searched: dict[str, Any] = field(default_factory=dict)
-
-
-def _suggest_one(trial: optuna.Trial, name: str, space: SearchSpace) -> Any:
-    if isinstance(space, IntSpace):
-        return trial.suggest_int(name, space.low, space.high, step=space.step, log=space.log)
-    if isinstance(space, FloatSpace):
-        return trial.suggest_float(name, space.low, space.high, step=space.step, log=space.log)
-    return trial.suggest_categorical(name, list(space.choices))
-
-
-def suggest(trial: optuna.Trial, spec: StudySpec) -> TrialParams:
-    """Sample one trial's configuration (see the module docstring for the names)."""
-    from strategies.registry import param_defaults
-
-    searched: dict[str, Any] = {}
-    names = spec.strategy_names
-    if len(names) > 1:
-        chosen = trial.suggest_categorical(STRATEGY_PARAM, names)
-        searched[STRATEGY_PARAM] = chosen
-    else:
-        chosen = names[0]
-    entry = spec.strategies[names.index(chosen)]
-    params = {k: v for k, v in param_defaults(entry.name).items() if v is not dataclasses.MISSING}
-    for key, value in entry.params.items():
-        if is_search(value):
-            name = param_name(entry.name, key)
-            params[key] = searched[name] = _suggest_one(trial, name, value)
-        else:
-            params[key] = value
-    training = spec.training.model_dump()
-    for key in training:
-        value = getattr(spec.training, key)
-        if is_search(value):
-            name = f"training.{key}"
-            training[key] = searched[name] = _suggest_one(trial, name, value)
-    return TrialParams(strategy=entry.name, strategy_params=params, training=training, searched=searched)
 
 
 def search_bounds(spec: StudySpec) -> dict[str, tuple[Any, Any] | list[Any]]:

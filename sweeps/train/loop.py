@@ -3,7 +3,7 @@
 A compact loop of our own rather than the Hugging Face ``Trainer``, because freezing must reach places the Trainer
 does not expose: the optimizer's parameter groups change when a strategy unfreezes (fresh groups, no stale state),
 the LR schedule must follow groups added later, frozen blocks run in eval mode, and the forward pass goes through a
-:class:`~sweeps.forward.ForwardRunner` so a frozen prefix can be served from a cache.
+:class:`~sweeps.train.forward.ForwardRunner` so a frozen prefix can be served from a cache.
 
 Per epoch it reports: ``train_loss``, ``eval_loss``, ``accuracy``, ``f1_macro``, ``f1_weighted``, ``epoch_time_s``
 (training only), ``eval_time_s``, ``samples_per_s``, ``peak_memory_mb`` (this trial's peak so far),
@@ -25,9 +25,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from strategies import FreezeController, LayerMap, Strategy, frozen_prefix_depth
-from sweeps.forward import DirectForward, ForwardRunner
-from sweeps.memory import PeakMemory
 from sweeps.metrics import classification_metrics
+from sweeps.train.forward import DirectForward, ForwardRunner
+from sweeps.train.memory import PeakMemory
 
 
 class TrialDiverged(RuntimeError):

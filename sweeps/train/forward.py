@@ -13,12 +13,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The keys of a collated batch that the model's forward takes (labels and example ids stay out)."""
-    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+from sweeps.data.batch import model_inputs
 
 
 class ForwardRunner(Protocol):

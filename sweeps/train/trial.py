@@ -1,15 +1,13 @@
 """One trial: sampled parameters in, a trained (and measured) classifier out.
 
-The study-wide pieces (data, tokenizer, tokenized splits, model source, device) are prepared once per process in a
-:class:`StudyContext`; a trial builds only what depends on its parameters: the model, its layer map, the strategy, the
-optimizer (through :class:`~strategies.optim.FreezeController`) and the forward runner. Everything a trial allocates
-is released when it ends, so a long study does not creep up in memory.
+A trial builds only what depends on its parameters: the model, its layer map, the strategy, the optimizer
+(through :class:`~strategies.optim.FreezeController`) and the forward runner. Everything a trial
+allocates is released when it ends, so a long study does not creep up in memory.
 """
 
 from __future__ import annotations
 
 import gc
-import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +21,6 @@ from torch.utils.data import DataLoader
 from strategies import (
     FreezeController,
     LayerMap,
-    LayerSpec,
     StrategyConfigError,
     build_strategy,
     describe,
@@ -32,87 +29,11 @@ from strategies import (
     make_optimizer_factory,
 )
 from sweeps.errors import SpecError
-from sweeps.forward import DirectForward, ForwardRunner
-from sweeps.loop import EpochResult, LoopConfig, LoopResult, TrainingLoop
-from sweeps.memory import PeakMemory
 from sweeps.metrics import confusion
-
-log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SpecError("training.device", f"{name!r} requested but CUDA is not available on this machine")
-    return device
-
-
-def layer_spec(spec: Any) -> LayerSpec | None:
-    """The study file's ``layers:`` section as a :class:`LayerSpec` (None: discover)."""
-    section = getattr(spec, "layers", None)
-    if section is None:
-        return None
-    return LayerSpec(
-        layers=section.layers,
-        embeddings=tuple(section.embeddings),
-        head=tuple(section.head),
-        other=tuple(section.other),
-    )
-
-
-def resolved_data_config(spec: Any) -> Any:
-    """``task.data`` with file locations made absolute against the study file's folder (hub splits stay names), so
-    a study runs the same from any working directory."""
-    cfg = spec.task.data
-    if cfg.source == "hub":
-        return cfg
-    update = {k: str(spec.resolve_path(v)) for k in ("train", "validation", "test") if (v := getattr(cfg, k))}
-    return cfg.model_copy(update=update)
-
-
-@dataclass
-class StudyContext:
-    """Per-process state shared by every trial of a study: built once, read by each trial."""
-
-    spec: Any
-    output: Path
-    device: torch.device
-    data: Any  # sweeps.data.TaskData
-    tokenizer: Any
-    model_source: Any  # sweeps.models.ModelSource
-    tokenized: dict[str, Any]  # split name -> tokenized datasets.Dataset
-    split_keys: dict[str, str]  # split name -> tokenization cache key (used by the activation cache)
-    collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
-
-    @classmethod
-    def prepare(cls, spec: Any, output: Path, dataframe: Any = None) -> StudyContext:
-        from sweeps import data as data_mod
-        from sweeps.models import load_tokenizer, resolve_model
-
-        device = resolve_device(spec.training.device)
-        if spec.training.num_threads:
-            torch.set_num_threads(spec.training.num_threads)
-        data = data_mod.load_task_data(
-            resolved_data_config(spec), dataframe=dataframe, carve_validation=not spec.task.cv.enabled
-        )
-        source = resolve_model(spec.task.model, spec.base_dir, spec.task.revision)
-        tokenizer = load_tokenizer(source)
-        cache_dir = output / "cache" / "tokenized"
-        tokenized, keys = {}, {}
-        for split in ("train", "validation", "test"):
-            ds = getattr(data, split)
-            if ds is None or len(ds) == 0:
-                continue
-            tokenized[split] = data_mod.tokenize_split(ds, tokenizer, spec.task.max_length, cache_dir)
-            keys[split] = data_mod.tokenization_key(tokenizer, spec.task.max_length, ds)
-        return cls(spec, output, device, data, tokenizer, source, tokenized, keys, data_mod.make_collator(tokenizer))
-
-    def build_model(self) -> torch.nn.Module:
-        from sweeps.models import load_classifier
-
-        return load_classifier(self.model_source, self.data.label_names).to(self.device)
+from sweeps.train.context import StudyContext, layer_spec
+from sweeps.train.forward import DirectForward, ForwardRunner
+from sweeps.train.loop import EpochResult, LoopConfig, LoopResult, TrainingLoop
+from sweeps.train.memory import PeakMemory
 
 
 @dataclass

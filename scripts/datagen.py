@@ -11,8 +11,8 @@ exactly the gap a freezing sweep measures.
 Everything is seeded: the same arguments write byte-identical files, so the shipped copies in
 ``studies/data/quickstart`` and ``studies/data/kaggle_example`` can be regenerated and checked::
 
-    python -m sweeps.datagen studies/data/quickstart
-    python -m sweeps.datagen --kaggle studies/data/kaggle_example
+    python scripts/datagen.py studies/data/quickstart
+    python scripts/datagen.py --kaggle studies/data/kaggle_example
 """
 
 from __future__ import annotations
@@ -395,8 +395,8 @@ def make_kaggle_example(out_dir: str | Path, n_train: int = 600, n_test: int = 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sweeps.datagen OUT_DIR [--kaggle] [--seed N]``: write a dataset and print where."""
-    parser = argparse.ArgumentParser(prog="python -m sweeps.datagen", description=__doc__.split("\n\n")[0])
+    """``python scripts/datagen.py OUT_DIR [--kaggle] [--seed N]``: write a dataset and print where."""
+    parser = argparse.ArgumentParser(prog="python scripts/datagen.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--kaggle", action="store_true", help="write the 3-topic Kaggle-style example instead")
     parser.add_argument("--seed", type=int, default=0)

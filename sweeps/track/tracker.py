@@ -70,7 +70,7 @@ class Tracker:
             else:
                 self.experiment_id = found.experiment_id
         except Exception as exc:
-            from sweeps.spec import mask_secrets
+            from sweeps.config import mask_secrets
 
             raise SweepsError(
                 f"tracking.uri: cannot use MLflow tracking at {mask_secrets(uri)}: {mask_secrets(str(exc))}"

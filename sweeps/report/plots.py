@@ -1,0 +1,355 @@
+"""The report's plots: quality against each cost, by strategy, against ``n``, learning curves, history,
+importances and the Pareto front.
+
+Drawn on :class:`matplotlib.figure.Figure` objects directly, never through ``pyplot``: no global backend
+switch, no figure registry that leaks memory across reports, and safe to call from a process that also
+uses pyplot.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeps.report.recommend import BASELINE
+from sweeps.report.table import _metrics, _strategy, _trials
+
+PLOT_FILES = (
+    "metric_vs_epoch_time.png",
+    "metric_vs_peak_memory.png",
+    "metric_by_strategy.png",
+    "metric_vs_bottom_n.png",
+    "learning_curves.png",
+    "optimization_history.png",
+    "param_importances.png",
+    "pareto_front.png",
+)
+
+
+# -- plots --------------------------------------------------------------------------------------------------------
+@dataclass
+class _Plot:
+    file: str | None
+    title: str
+    note: str = ""
+
+
+@dataclass
+class _Context:
+    study: optuna.Study
+    table: pd.DataFrame
+    metric: str
+    direction: str
+    objectives: list[tuple[str, str]]
+    epochs: int
+    out: Path
+    colors: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def done(self) -> pd.DataFrame:
+        t = self.table
+        return t[(t["state"] == "complete") & t[self.metric].notna()] if len(t) else t
+
+
+def _integer_ticks(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _figure(width: float = 7.5, height: float = 4.8) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _finish_metric_plot(fig: Any, ax: Any, ctx: Any, file: str, title: str, xlabel: str) -> None:
+    """The common tail of the plots whose x axis counts something (n, epoch, trial) and whose y axis is the metric."""
+    _integer_ticks(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ctx.metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, ctx.out / file)
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.savefig(path, dpi=110)
+
+
+def _colors(strategies: Iterable[str]) -> dict[str, Any]:
+    import matplotlib
+
+    names = sorted(set(strategies))
+    cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {s: cmap(i % cmap.N) for i, s in enumerate(names)}
+
+
+def pareto_front(costs: Sequence[float], values: Sequence[float], direction: str) -> list[int]:
+    """Indices of the non-dominated points: no other point is at least as cheap and at least as good, and strictly
+    better in one of the two. Ordered by cost."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], -sign * values[i]))
+    front: list[int] = []
+    best = -math.inf
+    for i in order:
+        v = sign * values[i]
+        if v > best:
+            front.append(i)
+            best = v
+    return front
+
+
+def _plot_cost(ctx: _Context, cost: str, what: str, file: str) -> _Plot:
+    title = f"{ctx.metric} vs {what}"
+    done = ctx.done[ctx.done[cost].notna()] if len(ctx.done) else ctx.done
+    if done.empty:
+        return _Plot(None, title, f"No completed trial with {ctx.metric} and {cost}.")
+    fig = _figure()
+    ax = fig.add_subplot()
+    for strategy, part in done.groupby("strategy"):
+        ax.scatter(part[cost], part[ctx.metric], color=ctx.colors[strategy], label=strategy, s=40, alpha=0.85)
+    costs, values = done[cost].astype(float).tolist(), done[ctx.metric].astype(float).tolist()
+    front = pareto_front(costs, values, ctx.direction)
+    ax.step([costs[i] for i in front], [values[i] for i in front], where="post", color="black", lw=1, alpha=0.6)
+    ax.scatter([costs[i] for i in front], [values[i] for i in front], s=140, facecolors="none", edgecolors="black",
+               lw=1.2, label="Pareto front")
+    for c, v, n in zip(costs, values, done["number"]):
+        ax.annotate(str(int(n)), (c, v), textcoords="offset points", xytext=(4, 4), fontsize=7, color="0.3")
+    ax.set_xlabel(f"{cost} (lower is cheaper)")
+    ax.set_ylabel(f"{ctx.metric} ({'higher' if ctx.direction == 'maximize' else 'lower'} is better)")
+    ax.set_title(title + " (numbers: trial)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    _save(fig, ctx.out / file)
+    front_trials = ", ".join(str(int(done.iloc[i]["number"])) for i in front)
+    note = f"Pareto front (no other trial is both at least as cheap and at least as good): trials {front_trials}."
+    return _Plot(file, title, note)
+
+
+def _plot_by_strategy(ctx: _Context) -> _Plot:
+    file, title = "metric_by_strategy.png", f"{ctx.metric} by strategy"
+    done = ctx.done
+    if done.empty:
+        return _Plot(None, title, "No completed trial.")
+    names = sorted(done["strategy"].unique())
+    data = [done.loc[done["strategy"] == s, ctx.metric].astype(float).to_numpy() for s in names]
+    fig = _figure(max(5.0, 1.2 * len(names) + 2), 4.5)
+    ax = fig.add_subplot()
+    ax.boxplot(data, positions=range(1, len(names) + 1), widths=0.5, showfliers=False, medianprops={"color": "black"})
+    rng = np.random.default_rng(0)  # fixed jitter: the same study gives the same picture
+    for i, (s, values) in enumerate(zip(names, data), start=1):
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, color=ctx.colors[s], s=30, zorder=3, alpha=0.9)
+    ax.set_xticks(range(1, len(names) + 1))
+    ax.set_xticklabels([f"{s}\n(n={len(v)})" for s, v in zip(names, data)], fontsize=8)
+    ax.set_ylabel(ctx.metric)
+    ax.set_title(f"{title} (completed trials)")
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, ctx.out / file)
+    return _Plot(file, title)
+
+
+def _plot_bottom_n(ctx: _Context) -> _Plot:
+    file, title = "metric_vs_bottom_n.png", f"{ctx.metric} vs N (bottom_n)"
+    points = []
+    for t in _trials(ctx.study):
+        if t.state != TrialState.COMPLETE or "bottom_n.n" not in t.params:
+            continue
+        value = _metrics(t).get(ctx.metric)
+        if value is not None and math.isfinite(value):
+            points.append((float(t.params["bottom_n.n"]), value, t.number))
+    if not points:
+        return _Plot(None, title, "No completed bottom_n trial with a searched n (parameter bottom_n.n): plot skipped.")
+    fig = _figure(6.5, 4.2)
+    ax = fig.add_subplot()
+    xs, ys, _ = zip(*points)
+    ax.scatter(xs, ys, color=ctx.colors.get("bottom_n", "C0"), s=40, label="trial")
+    means = pd.Series(ys).groupby(pd.Series(xs)).mean()
+    ax.plot(means.index, means.to_numpy(), color="black", lw=1, marker="_", label="mean per n")
+    for x, y, n in points:
+        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color="0.3")
+    base = ctx.done[ctx.done["strategy"] == BASELINE] if len(ctx.done) else ctx.done
+    if len(base):
+        ax.axhline(float(base.iloc[0][ctx.metric]), color="0.5", ls=":", label=f"best {BASELINE} (full fine-tuning)")
+    _finish_metric_plot(fig, ax, ctx, file, title, "n (frozen bottom layers)")
+    return _Plot(file, title)
+
+
+def read_epochs(out: Path, number: int) -> list[dict[str, Any]] | None:
+    """The per-epoch series the runner writes for a trial, or None when missing or unreadable (a report must not
+    fail because one trial's file was lost)."""
+    path = out / "trials" / f"trial_{number}_epochs.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, list) else None
+
+
+def _plot_curves(ctx: _Context, study_out: Path) -> _Plot:
+    file, title = "learning_curves.png", f"{ctx.metric} per epoch"
+    fig = _figure()
+    ax = fig.add_subplot()
+    drawn, used_intermediate = 0, False
+    seen: set[str] = set()
+    for t in _trials(ctx.study):
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            continue
+        strategy = _strategy(t)
+        series = read_epochs(study_out, t.number)
+        xs: list[float] = []
+        ys: list[float] = []
+        if series:
+            for e in series:
+                if ctx.metric in e and "epoch" in e and e[ctx.metric] is not None:
+                    xs.append(int(e["epoch"]) + 1)
+                    ys.append(float(e[ctx.metric]))
+        elif t.intermediate_values:
+            # no per-epoch file (the runner writes it for completed trials): the values reported to the pruner
+            used_intermediate = True
+            for step, value in sorted(t.intermediate_values.items()):
+                xs.append(step + 1)
+                ys.append(value)
+        if not xs:
+            continue
+        pruned = t.state == TrialState.PRUNED
+        label = strategy if strategy not in seen else None
+        seen.add(strategy)
+        ax.plot(xs, ys, color=ctx.colors.get(strategy, "C0"), ls="--" if pruned else "-", marker="o", ms=3,
+                lw=1.2, alpha=0.8, label=label)
+        drawn += 1
+    if not drawn:
+        return _Plot(None, title, "No per-epoch series found (trials/trial_<n>_epochs.json) and no pruned trial.")
+    ax.plot([], [], color="0.4", ls="--", label="pruned")
+    ax.set_xlim(0.8, max(ctx.epochs, 1) + 0.2)
+    _finish_metric_plot(fig, ax, ctx, file, f"{title} (dashed: pruned)", "epoch")
+    note = "Pruned trials are drawn from the values reported to the pruner." if used_intermediate else ""
+    return _Plot(file, title, note)
+
+
+def _plot_history(ctx: _Context) -> _Plot:
+    file, title = "optimization_history.png", f"Optimisation history ({ctx.metric})"
+    done = ctx.done.sort_values("number") if len(ctx.done) else ctx.done
+    if done.empty:
+        return _Plot(None, title, "No completed trial.")
+    fig = _figure(7.5, 4.2)
+    ax = fig.add_subplot()
+    for strategy, part in done.groupby("strategy"):
+        ax.scatter(part["number"], part[ctx.metric], color=ctx.colors[strategy], s=30, label=strategy)
+    values = done[ctx.metric].astype(float).to_numpy()
+    running = np.maximum.accumulate(values) if ctx.direction == "maximize" else np.minimum.accumulate(values)
+    ax.step(done["number"], running, where="post", color="black", lw=1.2, label="best so far")
+    _finish_metric_plot(fig, ax, ctx, file, title, "trial")
+    return _Plot(file, title)
+
+
+def param_importances(ctx: _Context) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """fANOVA importances for the metric: over the parameters every completed trial has (``strategy``, training
+    fields) and, per strategy, over that strategy's own parameters plus the training fields its trials share — the
+    global view cannot see ``bottom_n.n`` because the other strategies' trials lack it. A scope with a single
+    parameter is left out (its importance is 1 by construction). Returns (importances by scope, notes on what could
+    not be computed) — too few trials or constant parameters are a normal state of a young study."""
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    metric_of = {t.number: _metrics(t).get(ctx.metric) for t in _trials(ctx.study)}
+
+    def target(t: FrozenTrial) -> float:
+        value = metric_of.get(t.number)
+        return float(value) if value is not None else math.nan
+
+    complete = [t for t in _trials(ctx.study) if t.state == TrialState.COMPLETE and target(t) == target(t)]
+    scopes: dict[str, list[str] | None] = {"all trials": None}
+    for strategy in sorted({_strategy(t) for t in complete}):
+        mine = [t for t in complete if _strategy(t) == strategy]
+        own = sorted({k for t in mine for k in t.params if k.startswith(f"{strategy}.")})
+        shared = sorted(set.intersection(*({k for k in t.params if k.startswith("training.")} for t in mine)))
+        if own:
+            scopes[strategy] = own + shared
+    results: dict[str, dict[str, float]] = {}
+    notes: list[str] = []
+    for scope, params in scopes.items():
+        relevant = [t for t in complete if params is None or all(p in t.params for p in params)]
+        varying = params is None or any(len({t.params[p] for t in relevant}) > 1 for p in params)
+        if len(relevant) < 2 or not varying:
+            notes.append(f"{scope}: not computed (needs at least 2 completed trials with varying parameters; "
+                         f"{len(relevant)} completed).")
+            continue
+        try:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                imp = get_param_importances(
+                    ctx.study, evaluator=FanovaImportanceEvaluator(seed=0), params=params, target=target
+                )
+        except Exception as exc:  # e.g. an empty intersection search space
+            notes.append(f"{scope}: not computed ({type(exc).__name__}: {exc}).")
+            continue
+        imp = {k: v for k, v in imp.items() if math.isfinite(v)}
+        if len(imp) < 2:
+            notes.append(f"{scope}: not computed (fewer than 2 parameters shared by its completed trials).")
+            continue
+        results[scope] = imp
+    return results, notes
+
+
+def _plot_importances(ctx: _Context) -> tuple[_Plot, dict[str, dict[str, float]]]:
+    file, title = "param_importances.png", f"Parameter importances for {ctx.metric} (fANOVA)"
+    results, notes = param_importances(ctx)
+    if not results:
+        return _Plot(None, title, " ".join(notes) or "Not computed."), results
+    fig = _figure(7.5, 1.0 + sum(0.35 * len(v) + 0.9 for v in results.values()))
+    axes = fig.subplots(len(results), 1, squeeze=False)[:, 0]
+    for ax, (scope, imp) in zip(axes, results.items()):
+        names = list(imp)[::-1]
+        ax.barh(names, [imp[n] for n in names], color="C0")
+        ax.set_xlim(0, 1)
+        ax.set_title(scope, fontsize=9)
+        ax.tick_params(labelsize=8)
+    axes[-1].set_xlabel("importance (sums to 1 per panel)")
+    _save(fig, ctx.out / file)
+    return _Plot(file, title, " ".join(notes)), results
+
+
+def _plot_pareto_objectives(ctx: _Context) -> tuple[_Plot, list[int]]:
+    file = "pareto_front.png"
+    names = [m for m, _ in ctx.objectives]
+    title = f"Pareto front of the objectives ({', '.join(names)})"
+    try:
+        best = ctx.study.best_trials
+    except (ValueError, RuntimeError):
+        best = []
+    best = [t for t in best if not t.user_attrs.get("surplus")]
+    numbers = [t.number for t in best]
+    complete = [t for t in _trials(ctx.study) if t.state == TrialState.COMPLETE and t.values]
+    if not complete:
+        return _Plot(None, title, "No completed trial."), numbers
+    fig = _figure(6.5, 4.5)
+    ax = fig.add_subplot()
+    on = set(numbers)
+    for t in complete:
+        ax.scatter(t.values[0], t.values[1], color="C3" if t.number in on else "0.6", s=45 if t.number in on else 25,
+                   zorder=3 if t.number in on else 2)
+        ax.annotate(str(t.number), (t.values[0], t.values[1]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    front = sorted((t for t in complete if t.number in on), key=lambda t: t.values[0])
+    ax.plot([t.values[0] for t in front], [t.values[1] for t in front], color="C3", lw=1, alpha=0.6)
+    ax.scatter([], [], color="C3", label="Pareto-optimal")
+    ax.scatter([], [], color="0.6", label="dominated")
+    dirs = [d for _, d in ctx.objectives]
+    ax.set_xlabel(f"{names[0]} ({dirs[0]})")
+    ax.set_ylabel(f"{names[1]} ({dirs[1]})")
+    ax.set_title(title if len(names) == 2 else f"{title}: first two shown")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, ctx.out / file)
+    return _Plot(file, title), numbers

@@ -1,0 +1,104 @@
+"""The Optuna sampler and pruner a study file asks for, and the study's objectives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from sweeps.errors import SpecError
+from sweeps.metrics import direction
+
+
+def objectives(spec: Any) -> list[tuple[str, str]]:
+    """(metric, direction) per objective."""
+    out = []
+    for item in spec.optuna.objectives:
+        if isinstance(item, str):
+            out.append((item, direction(item)))
+        else:
+            out.append((item.metric, item.direction or direction(item.metric)))
+    return out
+
+
+def make_sampler(spec: Any) -> optuna.samplers.BaseSampler:
+    seed = spec.optuna.sampler_seed if spec.optuna.sampler_seed is not None else spec.training.seed
+    name = spec.optuna.sampler
+    if name == "tpe":
+        return TrialSeededSampler(lambda s: optuna.samplers.TPESampler(seed=s), seed)
+    if name == "random":
+        return TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
+    if name == "grid":
+        from sweeps.config.search_space import grid_search_space
+
+        space = grid_search_space(spec)
+        return TrialSeededSampler(lambda s: optuna.samplers.GridSampler(space, seed=s), seed)
+    if name == "cmaes":
+        return TrialSeededSampler(lambda s: optuna.samplers.CmaEsSampler(seed=s), seed)
+    if name == "nsga2":
+        return TrialSeededSampler(lambda s: optuna.samplers.NSGAIISampler(seed=s), seed)
+    if name == "qmc":  # its sequence position is kept in the study, so one seed (scramble) for every worker is right
+        return optuna.samplers.QMCSampler(seed=seed)
+    raise SpecError("optuna.sampler", f"unknown sampler {name!r}")
+
+
+def trial_seed(seed: int, number: int) -> int:
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """A sampler re-created for every trial with a seed derived from (``seed``, trial number).
+
+    A sampler seeded once per process replays the same random draws in every process: two workers on one study (or a
+    resumed run) proposed identical parameters for different trial numbers — TPE's random start-up trials, the random
+    sampler's every trial. Seeding from the trial number keeps a study reproducible (same file, same seed, same
+    trials) while every trial of every worker gets its own draws. The samplers' state lives in the study storage, so
+    building a fresh one per trial loses nothing.
+    """
+
+    def __init__(self, build: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._build = build
+        self._seed = seed
+        self._sampler = build(seed)
+
+    def __repr__(self) -> str:
+        return f"TrialSeededSampler({self._sampler!r}, seed={self._seed})"
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._sampler = self._build(trial_seed(self._seed, trial.number))
+        self._sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        return self._sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, search_space: Any) -> dict:
+        return self._sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str, param_distribution: Any
+    ) -> Any:
+        return self._sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState, values: Any) -> None:
+        self._sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._sampler.reseed_rng()
+
+
+def make_pruner(spec: Any) -> optuna.pruners.BasePruner:
+    name = spec.optuna.pruner
+    warmup = spec.optuna.pruner_warmup_epochs
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup)
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, warmup))
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.training.epochs)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise SpecError("optuna.pruner", f"unknown pruner {name!r}")

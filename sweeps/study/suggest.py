@@ -1,0 +1,67 @@
+"""One trial's configuration, sampled from the study's conditional search space (names: see
+:mod:`sweeps.config.search_space`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from sweeps.config.schema import StudySpec
+from sweeps.config.search_space import STRATEGY_PARAM, param_name
+from sweeps.config.spaces import FloatSpace, IntSpace, SearchSpace, is_search
+
+
+@dataclass
+class TrialParams:
+    """What one trial trains with.
+
+    ``strategy_params`` holds every hyperparameter of the chosen strategy (defaults, fixed values and sampled values),
+    ready for :func:`strategies.registry.build_strategy` and for logging; ``training`` is the complete training
+    section with searched fields replaced by their sampled values; ``searched`` only the sampled values, by Optuna
+    name (what the sampler actually chose).
+    """
+
+    strategy: str
+    strategy_params: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    searched: dict[str, Any] = field(default_factory=dict)
+
+
+def _suggest_one(trial: optuna.Trial, name: str, space: SearchSpace) -> Any:
+    if isinstance(space, IntSpace):
+        return trial.suggest_int(name, space.low, space.high, step=space.step, log=space.log)
+    if isinstance(space, FloatSpace):
+        return trial.suggest_float(name, space.low, space.high, step=space.step, log=space.log)
+    return trial.suggest_categorical(name, list(space.choices))
+
+
+def suggest(trial: optuna.Trial, spec: StudySpec) -> TrialParams:
+    """Sample one trial's configuration (see the module docstring for the names)."""
+    from strategies.registry import param_defaults
+
+    searched: dict[str, Any] = {}
+    names = spec.strategy_names
+    if len(names) > 1:
+        chosen = trial.suggest_categorical(STRATEGY_PARAM, names)
+        searched[STRATEGY_PARAM] = chosen
+    else:
+        chosen = names[0]
+    entry = spec.strategies[names.index(chosen)]
+    params = {k: v for k, v in param_defaults(entry.name).items() if v is not dataclasses.MISSING}
+    for key, value in entry.params.items():
+        if is_search(value):
+            name = param_name(entry.name, key)
+            params[key] = searched[name] = _suggest_one(trial, name, value)
+        else:
+            params[key] = value
+    training = spec.training.model_dump()
+    for key in training:
+        value = getattr(spec.training, key)
+        if is_search(value):
+            name = f"training.{key}"
+            training[key] = searched[name] = _suggest_one(trial, name, value)
+    return TrialParams(strategy=entry.name, strategy_params=params, training=training, searched=searched)

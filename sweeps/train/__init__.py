@@ -1,0 +1,27 @@
+"""Training one trial: the study-wide context, the trial (model, layer map, strategy, optimizer), the loop, the forward
+runner seam and peak-memory measurement.
+
+Data flows one way: the loop reports each epoch to an observer it is given and returns; it knows nothing of Optuna or
+MLflow.
+"""
+
+from sweeps.train.context import StudyContext, layer_spec, resolve_device
+from sweeps.train.loop import EpochResult, LoopConfig, LoopResult, TrainingLoop, TrialDiverged
+from sweeps.train.trial import TrialOutcome, check_strategy, release_memory, remove_dir, run_trial, train_once
+
+__all__ = [
+    "EpochResult",
+    "LoopConfig",
+    "LoopResult",
+    "StudyContext",
+    "TrainingLoop",
+    "TrialDiverged",
+    "TrialOutcome",
+    "check_strategy",
+    "layer_spec",
+    "release_memory",
+    "remove_dir",
+    "resolve_device",
+    "run_trial",
+    "train_once",
+]
