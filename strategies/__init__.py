@@ -17,6 +17,7 @@ from strategies.base import (
     StrategyConfigError,
     embedding_side,
     frozen_prefix_depth,
+    schedule_end_epoch,
     uniform_plan,
 )
 from strategies.inspect import describe, format_table
@@ -44,6 +45,8 @@ from strategies.registry import (
     UnknownStrategyError,
     available,
     build_strategy,
+    check_contract,
+    layer_bounded_params,
     param_defaults,
     register,
     resolve,
@@ -68,6 +71,7 @@ __all__ = [
     "UnknownStrategyError",
     "available",
     "build_strategy",
+    "check_contract",
     "checksum",
     "describe",
     "discover_layers",
@@ -76,10 +80,12 @@ __all__ = [
     "first_trainable_block",
     "format_table",
     "frozen_prefix_depth",
+    "layer_bounded_params",
     "layer_name",
     "make_optimizer_factory",
     "param_defaults",
     "register",
     "resolve",
+    "schedule_end_epoch",
     "uniform_plan",
 ]
