@@ -20,6 +20,7 @@ from strategies.base import (
     schedule_end_epoch,
     uniform_plan,
 )
+from strategies.group_selectors import select_groups
 from strategies.inspect import describe, format_table
 from strategies.layers import (
     EMBEDDINGS,
@@ -87,5 +88,6 @@ __all__ = [
     "register",
     "resolve",
     "schedule_end_epoch",
+    "select_groups",
     "uniform_plan",
 ]

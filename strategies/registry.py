@@ -29,6 +29,7 @@ BUILTINS: dict[str, str] = {
     "bottom_n": "strategies.bottom_n:BottomN",
     "gradual": "strategies.gradual:Gradual",
     "discriminative": "strategies.discriminative:Discriminative",
+    "schedule": "strategies.schedule:Schedule",
 }
 _registered: dict[str, type[Strategy]] = {}
 
