@@ -60,13 +60,16 @@ def _block_range(layer_map: LayerMap, selector: str, first: int, last: int, fiel
 
 
 def _by_module_path(layer_map: LayerMap, selector: str, field: str) -> str:
-    """A module path that is exactly one group's only module (``fc2`` in a plain ``fc1..fc5`` model)."""
+    """A module path that is exactly one group's only module with parameters (``fc2`` in a plain ``fc1..fc5``
+    model; a parameter-free ``ReLU`` or ``Dropout`` sorted into the same group does not count)."""
     for group in layer_map.groups:
         if selector not in group.module_paths:
             continue
-        if len(group.module_paths) == 1:
+        others = [
+            p for p in group.module_paths if p != selector and any(n.startswith(f"{p}.") for n, _ in group.params)
+        ]
+        if not others:
             return group.name
-        others = [p for p in group.module_paths if p != selector]
         raise StrategyConfigError(
             field,
             f"{selector!r} is only part of group {group.name!r} (with {others}); groups are frozen whole: "

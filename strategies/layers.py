@@ -11,7 +11,10 @@ silently freezes the wrong blocks. The rules, in order of precedence:
 1. an explicit :class:`LayerSpec` (from the study file's ``layers:`` section);
 2. a small table of known layouts (``KNOWN_LAYOUTS``), keyed by the transformers ``config.model_type`` or the
    presence of attribute paths (torchvision ResNets);
-3. a structural fallback: the longest ``nn.ModuleList`` whose children are all of one type (the block stack).
+3. a structural fallback: the longest ``nn.ModuleList`` whose children are all of one type (the block stack);
+4. a flat layout for plain models (:func:`_flat_layout`): the top-level children that hold parameters, in definition
+   order, are ``layer.0`` … ``layer.{L-1}`` and the last one is ``head`` (``fc1..fc5`` → ``layer.0-3`` + ``head``);
+   leading ``nn.Embedding`` children are the embeddings. Only models that no earlier rule maps get this layout.
 
 Once the block stack is known, the remaining modules are sorted by their place in the module tree: at each ancestor
 of the stack, children registered *before* it are the embedding side and children registered *after* it are the head
@@ -172,11 +175,51 @@ def _find_block_stack(model: nn.Module) -> str | None:
     return best[1] if best else None
 
 
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def _is_leaf(module: nn.Module) -> bool:
+    return not any(True for _ in module.children())
+
+
+def _flat_layout(model: nn.Module) -> LayerSpec | None:
+    """Plain models: the parameter-holding children of the root, in definition order, are the blocks and the last
+    one is the head.
+
+    A custom module's named children (``fc1 = nn.Linear(...)``, ...) are the user's own list of layers, so leaf
+    children count. An ``nn.Sequential`` (the root, or the root's only child with parameters) counts only when its
+    children are blocks (modules with children of their own), except for the final head: an anonymous sequence of
+    leaf layers such as ``Sequential(Linear, ReLU, Linear)`` is the shape of an MLP head, and guessing layers in it
+    would be a guess. Leading ``nn.Embedding`` children become the embeddings group. At least one block and a head
+    are needed, and no block may be an ``nn.ModuleList``/``nn.ModuleDict`` (a list of blocks is not one block).
+    """
+    prefix, root = "", model
+    if not isinstance(model, nn.Sequential):
+        kids = [(name, child) for name, child in model.named_children() if _has_params(child)]
+        if len(kids) == 1 and isinstance(kids[0][1], nn.Sequential):  # a wrapper around one Sequential
+            prefix, root = kids[0]
+    kids = [(f"{prefix}.{name}" if prefix else name, child) for name, child in root.named_children()]
+    kids = [(path, child) for path, child in kids if _has_params(child)]
+    embeddings: list[str] = []
+    while kids and isinstance(kids[0][1], (nn.Embedding, nn.EmbeddingBag)):
+        embeddings.append(kids.pop(0)[0])
+    if len(kids) < 2:
+        return None
+    *blocks, (head, _) = kids
+    if isinstance(root, nn.Sequential) and any(_is_leaf(child) for _, child in blocks):
+        return None
+    if any(isinstance(child, (nn.ModuleList, nn.ModuleDict)) for _, child in blocks):
+        return None  # a list of (leaf) blocks the stack rule refused: one "layer" of many would mislead; declare it
+    return LayerSpec(layers=[path for path, _ in blocks], embeddings=embeddings, head=[head])
+
+
 def _resolve_layer_paths(model: nn.Module, layers: str | Sequence[str]) -> list[str]:
     if isinstance(layers, str):
         container = _get(model, layers, "layers")
         if isinstance(container, (nn.ModuleList, nn.Sequential)):
-            paths = [f"{layers}.{name}" for name, _ in container.named_children()]
+            # A stack at the root (a bare nn.Sequential of blocks) has children "0", "1", ..., not ".0", ".1", ...
+            paths = [f"{layers}.{name}" if layers else name for name, _ in container.named_children()]
         else:
             paths = [layers]
     else:
@@ -261,6 +304,25 @@ def _existing_only(model: nn.Module, spec: LayerSpec) -> LayerSpec:
                      head=tuple(filter(exists, spec.head)), other=tuple(filter(exists, spec.other)))
 
 
+def _structural_layout(model: nn.Module) -> tuple[LayerSpec, str]:
+    """Rules 3 and 4 of the module docstring: the longest stack of identical blocks, else the flat layout."""
+    stack = _find_block_stack(model)
+    if stack is not None:
+        return LayerSpec(layers=stack), f"structural fallback (block stack at {stack!r})"
+    flat = _flat_layout(model)
+    if flat is not None:
+        return flat, "flat layout (top-level children in definition order; the last one is the head)"
+    top = [name for name, _ in model.named_children()]
+    raise LayerDiscoveryError(
+        f"cannot find the layer stack of {type(model).__name__} (top-level children: {top}): no known "
+        "layout and no nn.ModuleList of repeated blocks. Declare it in the study file, e.g.\n"
+        "layers:\n  layers: encoder.blocks        # a ModuleList, or a list of block paths bottom-first\n"
+        "  embeddings: [embed]\n  head: [classifier]\n"
+        "(in Python: discover_layers(model, LayerSpec(layers='encoder.blocks', embeddings=['embed'], "
+        "head=['classifier'])))"
+    )
+
+
 def discover_layers(model: nn.Module, spec: LayerSpec | None = None) -> LayerMap:
     """Map ``model`` onto ordered layer groups. See the module docstring for the rules.
 
@@ -269,22 +331,7 @@ def discover_layers(model: nn.Module, spec: LayerSpec | None = None) -> LayerMap
     if spec is not None:
         source = "explicit layers: section"
     else:
-        found = _known_layout(model)
-        if found is not None:
-            spec, source = found
-        else:
-            stack = _find_block_stack(model)
-            if stack is None:
-                top = [name for name, _ in model.named_children()]
-                raise LayerDiscoveryError(
-                    f"cannot find the layer stack of {type(model).__name__} (top-level children: {top}): no known "
-                    "layout and no nn.ModuleList of repeated blocks. Declare it in the study file, e.g.\n"
-                    "layers:\n  layers: encoder.blocks        # a ModuleList, or a list of block paths bottom-first\n"
-                    "  embeddings: [embed]\n  head: [classifier]\n"
-                    "(in Python: discover_layers(model, LayerSpec(layers='encoder.blocks', embeddings=['embed'], "
-                    "head=['classifier'])))"
-                )
-            spec, source = LayerSpec(layers=stack), f"structural fallback (block stack at {stack!r})"
+        spec, source = _known_layout(model) or _structural_layout(model)
 
     layer_paths = _resolve_layer_paths(model, spec.layers)
     assigned: dict[str, str] = {}  # module (or root-level parameter) path -> group name
