@@ -27,6 +27,14 @@ recognised by its ``config`` and ``base_model_prefix``) that contains the stack 
 so every sibling of it is the head side whatever order they were registered in. ``XLMRobertaForSequenceClassification``
 registers ``classifier`` *before* ``roberta``; by position alone its classifier would be frozen with the embeddings.
 
+Image classifiers: for CNNs (torchvision/timm and Hugging Face ResNet, ConvNeXt) and hierarchical transformers (Swin)
+``layer.i`` is a *stage*, not a block; for plain ViTs (ViT, DeiT, DINOv2) it is an encoder block. A stage is where
+resolution and width change, so a frozen prefix of stages is a fixed feature extractor at one resolution — how CNN
+fine-tuning is usually described ("freeze up to stage 3") — and it matches torchvision's ``layer1..4`` and timm's
+coarse ``group_matcher``. Per-block groups would make ``n`` mean different things in different stages (ResNet-50's 16
+blocks sit in stages of 3, 4, 6, 3). The stem or patch embeddings are ``embeddings``; the final norm, pooler and
+classifier are ``head``. A study that wants blocks declares them with ``layers:`` (a list of block paths).
+
 ALBERT shares its blocks across depth: its stack is ``albert_layer_groups`` (``num_hidden_groups`` distinct blocks,
 each run ``num_hidden_layers / num_hidden_groups`` times), so there ``layer.i`` means *hidden group i*, not depth i,
 and ``LayerMap.shared_layers`` is true. With the default ``num_hidden_groups=1`` there is a single layer group.
@@ -95,7 +103,20 @@ KNOWN_LAYOUTS: dict[str, LayerSpec] = {
     "mistral": LayerSpec(layers="model.layers"),
     "qwen2": LayerSpec(layers="model.layers"),
     "modernbert": LayerSpec(layers="model.layers"),
+    # Hugging Face image classifiers (AutoModelForImageClassification). CNNs and hierarchical transformers map one
+    # *stage* to layer.i (see the module docstring); plain ViTs one encoder block. Paths as in transformers 5.x
+    # (ViT/DeiT blocks moved from vit.encoder.layer to vit.layers; older versions reach the same blocks through the
+    # structural fallback).
+    "resnet": LayerSpec(layers="resnet.encoder.stages"),
+    "convnext": LayerSpec(layers="convnext.encoder.stages"),
+    "convnextv2": LayerSpec(layers="convnextv2.encoder.stages"),
+    "swin": LayerSpec(layers="swin.encoder.layers"),
+    "swinv2": LayerSpec(layers="swinv2.encoder.layers"),
+    "vit": LayerSpec(layers="vit.layers"),
+    "deit": LayerSpec(layers="deit.layers"),
+    "dinov2": LayerSpec(layers="dinov2.encoder.layer"),
 }
+
 
 # Model types whose blocks are shared across depth: "freeze layer i" cannot mean one depth there.
 SHARED_LAYER_MODEL_TYPES = {"albert"}
@@ -391,7 +412,7 @@ def _assign_by_position(model: nn.Module, layer_paths: list[str], assigned: dict
         module = model.get_submodule(ancestor) if ancestor else model
         children = _children_paths(module, ancestor)
         # A pretrained body holding the stack is the whole input side: its siblings are all head (see module docstring).
-        body = any(_is_pretrained_body(child) and _holds_stack(path, layer_paths) for path, child in children)
+        body = any(_is_body_of(module, path, child) and _holds_stack(path, layer_paths) for path, child in children)
         side = HEAD if body else EMBEDDINGS
         for child_path, _ in children:
             if _holds_stack(child_path, layer_paths):
@@ -414,6 +435,19 @@ def _holds_stack(path: str, layer_paths: list[str]) -> bool:
 def _is_pretrained_body(module: nn.Module) -> bool:
     """A transformers ``PreTrainedModel`` (duck-typed, so this module needs no transformers import)."""
     return hasattr(module, "config") and hasattr(type(module), "base_model_prefix")
+
+
+def _is_body_of(parent: nn.Module, child_path: str, child: nn.Module) -> bool:
+    """``child`` is the pretrained body of ``parent``: a ``PreTrainedModel`` that is either the base model a
+    transformers parent names (``base_model_prefix``, e.g. ``roberta`` in ``XLMRobertaForSequenceClassification``) or
+    sits in a user's plain module. Inside a pretrained model, a pretrained *part* is no body: transformers 5 makes
+    many encoders ``PreTrainedModel`` subclasses (``ConvNextEncoder``, ``SwinEncoder``), and taking one for the body
+    would put the embeddings registered before it on the head side."""
+    if not _is_pretrained_body(child):
+        return False
+    if not _is_pretrained_body(parent):
+        return True
+    return child_path.rsplit(".", 1)[-1] == getattr(type(parent), "base_model_prefix", None)
 
 
 def _is_prefix(prefix: str, path: str) -> bool:
