@@ -52,6 +52,7 @@ from strategies.registry import (
     register,
     resolve,
 )
+from strategies.unused import find_unused_parameters, unused_by_group
 
 __all__ = [
     "EMBEDDINGS",
@@ -78,6 +79,7 @@ __all__ = [
     "discover_layers",
     "embedding_side",
     "ensure_trainable_input",
+    "find_unused_parameters",
     "first_trainable_block",
     "format_table",
     "frozen_prefix_depth",
@@ -90,4 +92,5 @@ __all__ = [
     "schedule_end_epoch",
     "select_groups",
     "uniform_plan",
+    "unused_by_group",
 ]
