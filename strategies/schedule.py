@@ -62,6 +62,8 @@ class Phase:
 
 @dataclass
 class Schedule(Strategy):
+    """Explicit phases: each starts at an epoch or step, freezes the groups it names, scales LRs (see module doc)."""
+
     phases: list[dict[str, Any]]
     boundary_0: int | None = None
     boundary_1: int | None = None
