@@ -17,8 +17,10 @@ from strategies.base import (
     StrategyConfigError,
     embedding_side,
     frozen_prefix_depth,
+    schedule_end_epoch,
     uniform_plan,
 )
+from strategies.group_selectors import select_groups
 from strategies.inspect import describe, format_table
 from strategies.layers import (
     EMBEDDINGS,
@@ -44,10 +46,13 @@ from strategies.registry import (
     UnknownStrategyError,
     available,
     build_strategy,
+    check_contract,
+    layer_bounded_params,
     param_defaults,
     register,
     resolve,
 )
+from strategies.unused import find_unused_parameters, unused_by_group
 
 __all__ = [
     "EMBEDDINGS",
@@ -68,18 +73,24 @@ __all__ = [
     "UnknownStrategyError",
     "available",
     "build_strategy",
+    "check_contract",
     "checksum",
     "describe",
     "discover_layers",
     "embedding_side",
     "ensure_trainable_input",
+    "find_unused_parameters",
     "first_trainable_block",
     "format_table",
     "frozen_prefix_depth",
+    "layer_bounded_params",
     "layer_name",
     "make_optimizer_factory",
     "param_defaults",
     "register",
     "resolve",
+    "schedule_end_epoch",
+    "select_groups",
     "uniform_plan",
+    "unused_by_group",
 ]

@@ -16,11 +16,30 @@ Hooks a strategy may implement:
 ``schedule_end(layer_map)``
     The epoch from which the plan no longer changes (0 for static strategies). The sweep runner does not prune a
     trial before this epoch, so gradual unfreezing is not judged while its lower layers are still frozen.
+``final_step(layer_map)``
+    The same for strategies scheduled in optimizer steps: the step of the last plan change (0 by default). Only the
+    runner knows the steps per epoch; :func:`schedule_end_epoch` combines both hooks into one epoch.
+
+Every hook receives the real :class:`~strategies.layers.LayerMap` of the model being trained (the result of
+:func:`~strategies.layers.discover_layers`), never a stand-in with only a layer count: a strategy may call any of its
+methods (``group()``, ``names``, ``bottom_up()``, ...).
+
+Class attributes a strategy may set:
+
+``name``
+    The name studies use (``bottom_n``); no ``+`` or ``:``.
+``stepwise``
+    True when ``plan`` must be asked before every optimizer step, not only at epoch starts.
+``layer_bounded_params``
+    The hyperparameters whose valid range is ``0..L`` (L = number of layers): the sweep side checks their search
+    ranges against the model before any trial starts, so a range that overshoots fails the study file, not a random
+    subset of trials. ``BottomN`` declares ``("n",)``; composites declare the union of their parts'.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -83,6 +102,7 @@ class Strategy(ABC):
 
     name: ClassVar[str]
     stepwise: ClassVar[bool] = False
+    layer_bounded_params: ClassVar[tuple[str, ...]] = ()
 
     def check(self, layer_map: LayerMap) -> None:  # noqa: B027 - optional hook
         """Validate hyperparameters against the model; raise :class:`StrategyConfigError`."""
@@ -92,7 +112,11 @@ class Strategy(ABC):
         """Return the plan in force at ``epoch`` / ``step``."""
 
     def schedule_end(self, layer_map: LayerMap) -> int:
-        """First epoch from which the plan no longer changes."""
+        """First epoch from which the plan no longer changes. ``layer_map`` is the model's real layer map."""
+        return 0
+
+    def final_step(self, layer_map: LayerMap) -> int:
+        """Optimizer step of the last plan change, for strategies scheduled in steps (0: none, or epoch-scheduled)."""
         return 0
 
     def params(self) -> dict[str, Any]:
@@ -126,6 +150,8 @@ class Composite(Strategy):
 
     def __post_init__(self) -> None:
         self.stepwise = any(p.stepwise for p in self.parts)  # type: ignore[misc]
+        bounded = dict.fromkeys(name for p in self.parts for name in p.layer_bounded_params)
+        self.layer_bounded_params = tuple(bounded)  # type: ignore[misc]
 
     def check(self, layer_map: LayerMap) -> None:
         for part in self.parts:
@@ -145,11 +171,25 @@ class Composite(Strategy):
     def schedule_end(self, layer_map: LayerMap) -> int:
         return max((p.schedule_end(layer_map) for p in self.parts), default=0)
 
+    def final_step(self, layer_map: LayerMap) -> int:
+        return max((p.final_step(layer_map) for p in self.parts), default=0)
+
     def params(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for part in self.parts:
             out.update(part.params())
         return out
+
+
+def schedule_end_epoch(strategy: Strategy, layer_map: LayerMap, steps_per_epoch: int | None = None) -> int:
+    """The first epoch from which ``strategy``'s plan no longer changes, counting step schedules too: the epoch that
+    holds the last step-scheduled change counts as still changing (``ceil(final_step / steps_per_epoch)``). Without
+    ``steps_per_epoch`` only epoch schedules are counted. The runner must not prune before this epoch."""
+    end = max(strategy.schedule_end(layer_map), 0)
+    step = strategy.final_step(layer_map)
+    if step > 0 and steps_per_epoch:
+        end = max(end, math.ceil(step / steps_per_epoch))
+    return end
 
 
 __all__ = [
@@ -163,5 +203,6 @@ __all__ = [
     "StrategyConfigError",
     "embedding_side",
     "frozen_prefix_depth",
+    "schedule_end_epoch",
     "uniform_plan",
 ]

@@ -27,6 +27,7 @@ def check_layer_count(field: str, value: int, layer_map: LayerMap) -> None:
 class BottomN(Strategy):
     n: int = 1
     name: ClassVar[str] = "bottom_n"
+    layer_bounded_params: ClassVar[tuple[str, ...]] = ("n",)
 
     def check(self, layer_map: LayerMap) -> None:
         check_layer_count("n", self.n, layer_map)

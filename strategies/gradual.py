@@ -26,6 +26,7 @@ class Gradual(Strategy):
     unit: str = "epoch"
     unfreeze_embeddings: bool = True
     name: ClassVar[str] = "gradual"
+    layer_bounded_params: ClassVar[tuple[str, ...]] = ("start_frozen",)
 
     def __post_init__(self) -> None:
         self.stepwise = self.unit == "step"  # type: ignore[misc]
@@ -66,7 +67,8 @@ class Gradual(Strategy):
         return stages * self.unfreeze_every
 
     def schedule_end(self, layer_map: LayerMap) -> int:
-        if self.unit != "epoch":
-            # Step schedules: the runner knows steps per epoch, this method does not; it converts final_clock().
-            return 0
-        return self.final_clock(layer_map)
+        # Step schedules are reported by final_step(): only the runner knows the steps per epoch.
+        return self.final_clock(layer_map) if self.unit == "epoch" else 0
+
+    def final_step(self, layer_map: LayerMap) -> int:
+        return self.final_clock(layer_map) if self.unit == "step" else 0

@@ -11,7 +11,10 @@ silently freezes the wrong blocks. The rules, in order of precedence:
 1. an explicit :class:`LayerSpec` (from the study file's ``layers:`` section);
 2. a small table of known layouts (``KNOWN_LAYOUTS``), keyed by the transformers ``config.model_type`` or the
    presence of attribute paths (torchvision ResNets);
-3. a structural fallback: the longest ``nn.ModuleList`` whose children are all of one type (the block stack).
+3. a structural fallback: the longest ``nn.ModuleList`` whose children are all of one type (the block stack);
+4. a flat layout for plain models (:func:`_flat_layout`): the top-level children that hold parameters, in definition
+   order, are ``layer.0`` … ``layer.{L-1}`` and the last one is ``head`` (``fc1..fc5`` → ``layer.0-3`` + ``head``);
+   leading ``nn.Embedding`` children are the embeddings. Only models that no earlier rule maps get this layout.
 
 Once the block stack is known, the remaining modules are sorted by their place in the module tree: at each ancestor
 of the stack, children registered *before* it are the embedding side and children registered *after* it are the head
@@ -23,6 +26,14 @@ One exception makes the rule robust to registration order: a *pretrained body* (
 recognised by its ``config`` and ``base_model_prefix``) that contains the stack is the whole input side of its parent,
 so every sibling of it is the head side whatever order they were registered in. ``XLMRobertaForSequenceClassification``
 registers ``classifier`` *before* ``roberta``; by position alone its classifier would be frozen with the embeddings.
+
+Image classifiers: for CNNs (torchvision/timm and Hugging Face ResNet, ConvNeXt) and hierarchical transformers (Swin)
+``layer.i`` is a *stage*, not a block; for plain ViTs (ViT, DeiT, DINOv2) it is an encoder block. A stage is where
+resolution and width change, so a frozen prefix of stages is a fixed feature extractor at one resolution — how CNN
+fine-tuning is usually described ("freeze up to stage 3") — and it matches torchvision's ``layer1..4`` and timm's
+coarse ``group_matcher``. Per-block groups would make ``n`` mean different things in different stages (ResNet-50's 16
+blocks sit in stages of 3, 4, 6, 3). The stem or patch embeddings are ``embeddings``; the final norm, pooler and
+classifier are ``head``. A study that wants blocks declares them with ``layers:`` (a list of block paths).
 
 ALBERT shares its blocks across depth: its stack is ``albert_layer_groups`` (``num_hidden_groups`` distinct blocks,
 each run ``num_hidden_layers / num_hidden_groups`` times), so there ``layer.i`` means *hidden group i*, not depth i,
@@ -92,7 +103,20 @@ KNOWN_LAYOUTS: dict[str, LayerSpec] = {
     "mistral": LayerSpec(layers="model.layers"),
     "qwen2": LayerSpec(layers="model.layers"),
     "modernbert": LayerSpec(layers="model.layers"),
+    # Hugging Face image classifiers (AutoModelForImageClassification). CNNs and hierarchical transformers map one
+    # *stage* to layer.i (see the module docstring); plain ViTs one encoder block. Paths as in transformers 5.x
+    # (ViT/DeiT blocks moved from vit.encoder.layer to vit.layers; older versions reach the same blocks through the
+    # structural fallback).
+    "resnet": LayerSpec(layers="resnet.encoder.stages"),
+    "convnext": LayerSpec(layers="convnext.encoder.stages"),
+    "convnextv2": LayerSpec(layers="convnextv2.encoder.stages"),
+    "swin": LayerSpec(layers="swin.encoder.layers"),
+    "swinv2": LayerSpec(layers="swinv2.encoder.layers"),
+    "vit": LayerSpec(layers="vit.layers"),
+    "deit": LayerSpec(layers="deit.layers"),
+    "dinov2": LayerSpec(layers="dinov2.encoder.layer"),
 }
+
 
 # Model types whose blocks are shared across depth: "freeze layer i" cannot mean one depth there.
 SHARED_LAYER_MODEL_TYPES = {"albert"}
@@ -172,11 +196,51 @@ def _find_block_stack(model: nn.Module) -> str | None:
     return best[1] if best else None
 
 
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def _is_leaf(module: nn.Module) -> bool:
+    return not any(True for _ in module.children())
+
+
+def _flat_layout(model: nn.Module) -> LayerSpec | None:
+    """Plain models: the parameter-holding children of the root, in definition order, are the blocks and the last
+    one is the head.
+
+    A custom module's named children (``fc1 = nn.Linear(...)``, ...) are the user's own list of layers, so leaf
+    children count. An ``nn.Sequential`` (the root, or the root's only child with parameters) counts only when its
+    children are blocks (modules with children of their own), except for the final head: an anonymous sequence of
+    leaf layers such as ``Sequential(Linear, ReLU, Linear)`` is the shape of an MLP head, and guessing layers in it
+    would be a guess. Leading ``nn.Embedding`` children become the embeddings group. At least one block and a head
+    are needed, and no block may be an ``nn.ModuleList``/``nn.ModuleDict`` (a list of blocks is not one block).
+    """
+    prefix, root = "", model
+    if not isinstance(model, nn.Sequential):
+        kids = [(name, child) for name, child in model.named_children() if _has_params(child)]
+        if len(kids) == 1 and isinstance(kids[0][1], nn.Sequential):  # a wrapper around one Sequential
+            prefix, root = kids[0]
+    kids = [(f"{prefix}.{name}" if prefix else name, child) for name, child in root.named_children()]
+    kids = [(path, child) for path, child in kids if _has_params(child)]
+    embeddings: list[str] = []
+    while kids and isinstance(kids[0][1], (nn.Embedding, nn.EmbeddingBag)):
+        embeddings.append(kids.pop(0)[0])
+    if len(kids) < 2:
+        return None
+    *blocks, (head, _) = kids
+    if isinstance(root, nn.Sequential) and any(_is_leaf(child) for _, child in blocks):
+        return None
+    if any(isinstance(child, (nn.ModuleList, nn.ModuleDict)) for _, child in blocks):
+        return None  # a list of (leaf) blocks the stack rule refused: one "layer" of many would mislead; declare it
+    return LayerSpec(layers=[path for path, _ in blocks], embeddings=embeddings, head=[head])
+
+
 def _resolve_layer_paths(model: nn.Module, layers: str | Sequence[str]) -> list[str]:
     if isinstance(layers, str):
         container = _get(model, layers, "layers")
         if isinstance(container, (nn.ModuleList, nn.Sequential)):
-            paths = [f"{layers}.{name}" for name, _ in container.named_children()]
+            # A stack at the root (a bare nn.Sequential of blocks) has children "0", "1", ..., not ".0", ".1", ...
+            paths = [f"{layers}.{name}" if layers else name for name, _ in container.named_children()]
         else:
             paths = [layers]
     else:
@@ -261,6 +325,25 @@ def _existing_only(model: nn.Module, spec: LayerSpec) -> LayerSpec:
                      head=tuple(filter(exists, spec.head)), other=tuple(filter(exists, spec.other)))
 
 
+def _structural_layout(model: nn.Module) -> tuple[LayerSpec, str]:
+    """Rules 3 and 4 of the module docstring: the longest stack of identical blocks, else the flat layout."""
+    stack = _find_block_stack(model)
+    if stack is not None:
+        return LayerSpec(layers=stack), f"structural fallback (block stack at {stack!r})"
+    flat = _flat_layout(model)
+    if flat is not None:
+        return flat, "flat layout (top-level children in definition order; the last one is the head)"
+    top = [name for name, _ in model.named_children()]
+    raise LayerDiscoveryError(
+        f"cannot find the layer stack of {type(model).__name__} (top-level children: {top}): no known "
+        "layout and no nn.ModuleList of repeated blocks. Declare it in the study file, e.g.\n"
+        "layers:\n  layers: encoder.blocks        # a ModuleList, or a list of block paths bottom-first\n"
+        "  embeddings: [embed]\n  head: [classifier]\n"
+        "(in Python: discover_layers(model, LayerSpec(layers='encoder.blocks', embeddings=['embed'], "
+        "head=['classifier'])))"
+    )
+
+
 def discover_layers(model: nn.Module, spec: LayerSpec | None = None) -> LayerMap:
     """Map ``model`` onto ordered layer groups. See the module docstring for the rules.
 
@@ -269,22 +352,7 @@ def discover_layers(model: nn.Module, spec: LayerSpec | None = None) -> LayerMap
     if spec is not None:
         source = "explicit layers: section"
     else:
-        found = _known_layout(model)
-        if found is not None:
-            spec, source = found
-        else:
-            stack = _find_block_stack(model)
-            if stack is None:
-                top = [name for name, _ in model.named_children()]
-                raise LayerDiscoveryError(
-                    f"cannot find the layer stack of {type(model).__name__} (top-level children: {top}): no known "
-                    "layout and no nn.ModuleList of repeated blocks. Declare it in the study file, e.g.\n"
-                    "layers:\n  layers: encoder.blocks        # a ModuleList, or a list of block paths bottom-first\n"
-                    "  embeddings: [embed]\n  head: [classifier]\n"
-                    "(in Python: discover_layers(model, LayerSpec(layers='encoder.blocks', embeddings=['embed'], "
-                    "head=['classifier'])))"
-                )
-            spec, source = LayerSpec(layers=stack), f"structural fallback (block stack at {stack!r})"
+        spec, source = _known_layout(model) or _structural_layout(model)
 
     layer_paths = _resolve_layer_paths(model, spec.layers)
     assigned: dict[str, str] = {}  # module (or root-level parameter) path -> group name
@@ -344,7 +412,7 @@ def _assign_by_position(model: nn.Module, layer_paths: list[str], assigned: dict
         module = model.get_submodule(ancestor) if ancestor else model
         children = _children_paths(module, ancestor)
         # A pretrained body holding the stack is the whole input side: its siblings are all head (see module docstring).
-        body = any(_is_pretrained_body(child) and _holds_stack(path, layer_paths) for path, child in children)
+        body = any(_is_body_of(module, path, child) and _holds_stack(path, layer_paths) for path, child in children)
         side = HEAD if body else EMBEDDINGS
         for child_path, _ in children:
             if _holds_stack(child_path, layer_paths):
@@ -367,6 +435,19 @@ def _holds_stack(path: str, layer_paths: list[str]) -> bool:
 def _is_pretrained_body(module: nn.Module) -> bool:
     """A transformers ``PreTrainedModel`` (duck-typed, so this module needs no transformers import)."""
     return hasattr(module, "config") and hasattr(type(module), "base_model_prefix")
+
+
+def _is_body_of(parent: nn.Module, child_path: str, child: nn.Module) -> bool:
+    """``child`` is the pretrained body of ``parent``: a ``PreTrainedModel`` that is either the base model a
+    transformers parent names (``base_model_prefix``, e.g. ``roberta`` in ``XLMRobertaForSequenceClassification``) or
+    sits in a user's plain module. Inside a pretrained model, a pretrained *part* is no body: transformers 5 makes
+    many encoders ``PreTrainedModel`` subclasses (``ConvNextEncoder``, ``SwinEncoder``), and taking one for the body
+    would put the embeddings registered before it on the head side."""
+    if not _is_pretrained_body(child):
+        return False
+    if not _is_pretrained_body(parent):
+        return True
+    return child_path.rsplit(".", 1)[-1] == getattr(type(parent), "base_model_prefix", None)
 
 
 def _is_prefix(prefix: str, path: str) -> bool:

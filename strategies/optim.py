@@ -122,7 +122,9 @@ class FreezeController:
     flags, train/eval modes of frozen blocks and the checksums. ``frozen_dropout`` keeps dropout active inside frozen
     blocks (default off: frozen blocks are deterministic, and their output can be cached); ``train_bn`` lets BatchNorm
     in frozen blocks update its running statistics (default off: frozen means frozen). ``trainable_input`` keeps
-    the first trainable block's input requiring grad (see :func:`ensure_trainable_input`).
+    the first trainable block's input requiring grad (see :func:`ensure_trainable_input`). ``exclude`` names
+    parameters that never receive a gradient (:func:`strategies.unused.find_unused_parameters`): they stay out of the
+    optimizer and out of :meth:`trainable_params` whatever the plan says, and are checksummed like a frozen group.
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class FreezeController:
         train_bn: bool = False,
         verify: bool = True,
         trainable_input: bool = True,
+        exclude: Iterable[str] = (),
     ) -> None:
         self.model = model
         self.layer_map = layer_map
@@ -152,7 +155,20 @@ class FreezeController:
         self.plan: Plan | None = None
         self.lr_factor = 1.0
         self.history: list[tuple[str, list[str]]] = []  # (event, groups) for logs and tests
+        self.excluded = self._exclude(frozenset(exclude))
 
+    def _exclude(self, names: frozenset[str]) -> frozenset[str]:
+        """Take ``names`` out of training for good: no grad, never in a parameter group, checksummed as ``excluded``."""
+        params = dict(self.model.named_parameters())
+        unknown = sorted(names - set(params))
+        if unknown:
+            raise ValueError(f"exclude names parameters the model does not have: {unknown}")
+        for name in names:
+            params[name].requires_grad_(False)
+            params[name].grad = None
+        if self.verifier is not None and names:
+            self.verifier.frozen("excluded", [params[n] for n in sorted(names)])
+        return names
     # -- plans -------------------------------------------------------------------------------------------------
     def apply(self, plan: Plan) -> bool:
         """Make ``plan`` current. Returns True when anything changed."""
@@ -185,7 +201,7 @@ class FreezeController:
             raise ValueError(f"plan does not cover layer groups {sorted(missing)}")
         if unknown:
             raise ValueError(f"plan names unknown layer groups {sorted(unknown)}; groups are {self.layer_map.names}")
-        if not any(self.layer_map.group(n).params for n in names if not plan[n].frozen):
+        if not any(self._params(n) for n in names if not plan[n].frozen):
             raise ValueError("the plan freezes every layer group that has parameters: nothing would train")
 
     def _place_input_hook(self) -> None:
@@ -203,7 +219,8 @@ class FreezeController:
             self._input_hook = None
 
     def _params(self, name: str) -> list[nn.Parameter]:
-        return [p for _, p in self.layer_map.group(name).params]
+        """The group's parameters the controller manages (excluded ones are never trained)."""
+        return [p for n, p in self.layer_map.group(name).params if n not in self.excluded]
 
     def _freeze(self, name: str) -> None:
         params = self._params(name)
@@ -281,8 +298,12 @@ class FreezeController:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     def frozen_params(self) -> int:
-        """Number of frozen parameter elements."""
+        """Number of frozen parameter elements (excluded ones included: they do not train either)."""
         return sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+
+    def excluded_params(self) -> int:
+        """Number of parameter elements excluded because they never receive a gradient."""
+        return sum(p.numel() for n, p in self.model.named_parameters() if n in self.excluded)
 
     # -- modes ------------------------------------------------------------------------------------------------------
     def train_mode(self) -> None:

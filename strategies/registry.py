@@ -4,6 +4,10 @@ User strategies need no edit of this package: name the class in the study file a
 (imported only when a study names it), or publish it under the entry-point group ``freeze_sweeps.strategies``.
 Names joined with ``+`` compose strategies (``bottom_n+discriminative``); their hyperparameters are routed to the part
 that declares them.
+
+Built-ins are no special case: :data:`BUILTINS` is a table of the same ``module:Class`` references an entry point
+holds, loaded and checked by the same code (:func:`_load_reference`, :func:`check_contract`), and only when a study
+names them. A new built-in strategy is one file plus one line in that table.
 """
 
 from __future__ import annotations
@@ -15,16 +19,17 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from strategies.base import Composite, Strategy, StrategyConfigError
-from strategies.bottom_n import BottomN
-from strategies.discriminative import Discriminative
-from strategies.embeddings import FreezeEmbeddings
-from strategies.gradual import Gradual
-from strategies.none import NoFreeze
 
 ENTRY_POINT_GROUP = "freeze_sweeps.strategies"
 
-BUILTINS: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (NoFreeze, FreezeEmbeddings, BottomN, Gradual, Discriminative)
+# name -> "module:Class", exactly what an entry point of ENTRY_POINT_GROUP holds. One line per built-in strategy.
+BUILTINS: dict[str, str] = {
+    "none": "strategies.none:NoFreeze",
+    "embeddings": "strategies.embeddings:FreezeEmbeddings",
+    "bottom_n": "strategies.bottom_n:BottomN",
+    "gradual": "strategies.gradual:Gradual",
+    "discriminative": "strategies.discriminative:Discriminative",
+    "schedule": "strategies.schedule:Schedule",
 }
 _registered: dict[str, type[Strategy]] = {}
 
@@ -33,15 +38,31 @@ class UnknownStrategyError(LookupError):
     """A strategy name that is neither built in, registered, an entry point nor an importable ``module:Class``."""
 
 
-def register(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: make ``cls`` available under ``cls.name`` in this process."""
+def check_contract(cls: type[Strategy]) -> None:
+    """Raise ``TypeError`` unless ``cls`` keeps the plug-in contract: a :class:`Strategy` subclass with a usable
+    ``name`` and ``layer_bounded_params`` that name its own hyperparameters (a typo there would silently switch off
+    the range check of the parameter it meant)."""
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise TypeError(f"{cls!r} is not a Strategy subclass")
     name = getattr(cls, "name", None)
     # "+" composes and ":" marks an import reference: a name containing either could never be resolved.
     if not isinstance(name, str) or not name or "+" in name or ":" in name:
         raise TypeError(f"{cls.__qualname__}.name must be a non-empty string without '+' or ':', got {name!r}")
-    _registered[name] = cls
+    bounded = cls.layer_bounded_params
+    if isinstance(bounded, str) or not all(isinstance(p, str) for p in bounded):
+        raise TypeError(f"{cls.__qualname__}.layer_bounded_params must be a tuple of names, got {bounded!r}")
+    unknown = [p for p in bounded if p not in cls.param_defaults()]
+    if unknown:
+        raise TypeError(
+            f"{cls.__qualname__}.layer_bounded_params names {unknown}, which are not among its hyperparameters "
+            f"{sorted(cls.param_defaults())}"
+        )
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: make ``cls`` available under ``cls.name`` in this process."""
+    check_contract(cls)
+    _registered[cls.name] = cls
     return cls
 
 
@@ -51,13 +72,14 @@ def _entry_point_names() -> dict[str, Any]:
 
 def available() -> dict[str, str]:
     """Every strategy name this process can resolve without an import reference, with where it comes from."""
-    out = {name: f"{cls.__module__}:{cls.__qualname__}" for name, cls in BUILTINS.items()}
+    out = dict(BUILTINS)
     out.update({name: f"{cls.__module__}:{cls.__qualname__}" for name, cls in _registered.items()})
     out.update({name: f"entry point {ep.value}" for name, ep in _entry_point_names().items()})
     return out
 
 
-def _import_reference(ref: str) -> type[Strategy]:
+def _load_reference(ref: str) -> type[Strategy]:
+    """Import a ``module:Class`` reference (a built-in, a study's ``name:`` or an entry point's value) and check it."""
     module_name, _, attr = ref.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -69,6 +91,7 @@ def _import_reference(ref: str) -> type[Strategy]:
         raise UnknownStrategyError(f"module {module_name!r} has no attribute {attr!r} (strategy {ref!r})") from exc
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise UnknownStrategyError(f"{ref!r} is not a subclass of strategies.Strategy")
+    check_contract(cls)
     return cls
 
 
@@ -78,9 +101,9 @@ def resolve_one(name: str) -> type[Strategy]:
     if name in _registered:
         return _registered[name]
     if name in BUILTINS:
-        return BUILTINS[name]
+        return _load_reference(BUILTINS[name])
     if ":" in name:
-        return _import_reference(name)
+        return _load_reference(name)
     eps = _entry_point_names()
     if name in eps:
         try:
@@ -89,6 +112,7 @@ def resolve_one(name: str) -> type[Strategy]:
             raise UnknownStrategyError(f"entry point {name!r} ({eps[name].value}) cannot be loaded: {exc}") from exc
         if not (isinstance(cls, type) and issubclass(cls, Strategy)):
             raise UnknownStrategyError(f"entry point {name!r} does not load a Strategy subclass")
+        check_contract(cls)
         return cls
     known = sorted(available())
     close = difflib.get_close_matches(name, known, n=1)
@@ -115,6 +139,12 @@ def param_defaults(name: str) -> dict[str, Any]:
                 raise UnknownStrategyError(f"strategies composed in {name!r} both declare parameter {key!r}")
             out[key] = default
     return out
+
+
+def layer_bounded_params(name: str) -> tuple[str, ...]:
+    """The hyperparameters of a (possibly composed) strategy whose range is ``0..L``, L the model's layer count
+    (see :attr:`Strategy.layer_bounded_params`). The sweep side range-checks exactly these before the first trial."""
+    return tuple(dict.fromkeys(p for cls in resolve(name) for p in cls.layer_bounded_params))
 
 
 def build_strategy(name: str, params: dict[str, Any] | None = None) -> Strategy:
