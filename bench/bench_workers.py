@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_workers.py                    # 200 trials, 4 workers (the documented figure)
     .venv/bin/python bench/bench_workers.py --trials 20 --workers 2 --keep /tmp/bench
+    .venv/bin/python bench/bench_workers.py --smoke                  # 4 trials, 1 worker: checks it runs (CI)
 
 A tiny local BERT (2 layers, hidden 32) is fine-tuned on 32 rows for one epoch per trial, so a trial is a few
 optimizer steps and the run measures the bookkeeping around trials — asking Optuna for a trial, the MLflow parent and
@@ -43,9 +44,10 @@ STRATEGIES = [
 ]
 
 
-def make_study(root: Path, n_trials: int, **overrides: Any) -> Path:
-    """The benchmark study in ``root``: tiny model, 32 training rows, 1 epoch of batch 16 (2 steps) per trial."""
-    model = make_tiny_model(root / "model")
+def make_study(root: Path, n_trials: int, model: Path | None = None, **overrides: Any) -> Path:
+    """The benchmark study in ``root``: tiny model (built here unless given), 32 training rows, 1 epoch of batch 16
+    (2 steps) per trial."""
+    model = model or make_tiny_model(root / "model")
     data = make_dataset(root / "data", n_train=64, n_validation=16)
     sections: dict[str, Any] = {
         "name": "bench-workers",
@@ -130,11 +132,16 @@ def check_exactly_once(out: Path, study_name: str, n_trials: int) -> dict[str, A
 
 
 def run_bench(
-    root: Path, n_trials: int = 200, workers: int = 4, timeout: float = 3600, mlflow_template: Path | None = None
+    root: Path,
+    n_trials: int = 200,
+    workers: int = 4,
+    timeout: float = 3600,
+    mlflow_template: Path | None = None,
+    model: Path | None = None,
 ) -> dict[str, Any]:
     """Run the study with ``workers`` workers and check it. ``mlflow_template``: an empty, migrated MLflow store to
     start from (tests: skips MLflow's schema migrations; the benchmark itself includes them)."""
-    study = make_study(root, n_trials)
+    study = make_study(root, n_trials, model)
     out = root / "out"
     if mlflow_template is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -167,19 +174,32 @@ def run_bench(
     return result
 
 
+def cli_path(value: str) -> Path:
+    """A path from the command line, made absolute against the current directory (the study runs from the project
+    root, so a relative path would otherwise point inside the project)."""
+    return Path(os.path.abspath(os.path.expanduser(value)))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trials", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--keep", help="folder to keep the study in (default: a temporary folder)")
+    # smoke: one trial per strategy (fewer leave the strategies' enqueued first trials WAITING), in this process
+    parser.add_argument("--trials", type=int, help=f"trials (default 200; {len(STRATEGIES)} with --smoke)")
+    parser.add_argument("--workers", type=int, help="worker processes (default 4; 1 with --smoke)")
+    parser.add_argument(
+        "--keep", type=cli_path, help="folder to keep the study in (relative to the current dir; default: temporary)"
+    )
+    parser.add_argument("--model", type=cli_path, help="a local tiny BERT to use instead of building one")
+    parser.add_argument("--smoke", action="store_true", help="a few trials on one worker: checks the benchmark runs")
     args = parser.parse_args()
+    args.trials = args.trials or (len(STRATEGIES) if args.smoke else 200)
+    args.workers = args.workers or (1 if args.smoke else 4)
     if args.keep:
-        root = Path(args.keep)
+        root = args.keep
         root.mkdir(parents=True, exist_ok=True)
-        result = run_bench(root, args.trials, args.workers)
+        result = run_bench(root, args.trials, args.workers, model=args.model)
     else:
         with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
-            result = run_bench(Path(tmp), args.trials, args.workers)
+            result = run_bench(Path(tmp), args.trials, args.workers, model=args.model)
     shown = {k: v for k, v in result.items() if k != "stderr_tail"}
     print(json.dumps(shown, indent=1, default=str))
     print(

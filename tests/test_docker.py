@@ -26,6 +26,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "docker-compose.yml"
 DOCS = ROOT / "docs" / "docker.md"
 DOCKERIGNORE = ROOT / ".dockerignore"
+BOOTSTRAP = ROOT / "scripts" / "bootstrap.sh"
+PYPROJECT = ROOT / "pyproject.toml"
 
 INSTRUCTIONS = {
     "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL", "MAINTAINER",
@@ -178,6 +180,15 @@ def test_cpu_variant_installs_the_cpu_torch_wheel(dockerfile: list[Instruction])
     assert re.search(r"torch==\d+\.\d+", runs), "the CPU torch wheel must be pinned"
 
 
+def test_cpu_torch_is_the_version_development_pins(dockerfile: list[Instruction]) -> None:
+    """One torch version: the CPU image's wheel is the one scripts/bootstrap.sh installs for development."""
+    cpu = next(s for s in stages(dockerfile) if stage_name(s) == "torch-cpu")
+    image = arg_defaults(cpu)["TORCH_VERSION"]
+    pinned = re.search(r"torch==\$\{FREEZE_SWEEPS_CPU_TORCH:-([\w.+]+)\}", BOOTSTRAP.read_text(encoding="utf-8"))
+    assert pinned, "scripts/bootstrap.sh no longer pins the CPU torch as torch==${FREEZE_SWEEPS_CPU_TORCH:-X}"
+    assert image == pinned.group(1), f"Dockerfile TORCH_VERSION={image}, scripts/bootstrap.sh pins {pinned.group(1)}"
+
+
 def test_final_user_is_not_root(dockerfile: list[Instruction], final_stage: list[Instruction]) -> None:
     users = [i for i in final_stage if i.keyword == "USER"]
     assert users, "the image must switch to a non-root USER"
@@ -206,9 +217,20 @@ def test_pip_does_not_cache(dockerfile: list[Instruction]) -> None:
                 assert "--no-cache-dir" in command, f"line {ins.line}: pip install without --no-cache-dir: {command!r}"
 
 
-def test_installs_the_project_with_quickstart_extra(final_stage: list[Instruction]) -> None:
+def _pyproject_extras() -> dict[str, list[str]]:
+    import tomllib
+
+    return tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+
+
+def test_installs_the_project_with_quickstart_and_dashboard_extras(final_stage: list[Instruction]) -> None:
     runs = " ".join(i.args for i in final_stage if i.keyword == "RUN")
-    assert '".[quickstart]"' in runs or "'.[quickstart]'" in runs, "pip install .[quickstart] (quoted for the shell)"
+    installed = re.search(r"""(["'])\.\[([\w,-]+)\]\1""", runs)
+    assert installed, "pip install '.[extras]' (quoted for the shell)"
+    extras = set(installed.group(2).split(","))
+    assert {"quickstart", "dashboard"} <= extras, f"the image installs .[{installed.group(2)}]"
+    assert extras <= set(_pyproject_extras()), f"extras not in pyproject.toml: {extras - set(_pyproject_extras())}"
+    assert any(r.startswith("optuna-dashboard") for r in _pyproject_extras()["dashboard"]), "dashboard extra"
     assert "psycopg2" in runs, "the PostgreSQL driver is needed by the Compose setup"
     env = " ".join(i.args for i in final_stage if i.keyword == "ENV")
     assert re.search(r"\bHF_HOME=/", env), "HF_HOME must be set"
@@ -285,6 +307,39 @@ def test_compose_services(compose: dict) -> None:
     assert worker.get("build"), "the worker image is built from this repository's Dockerfile"
     for dependency in ("postgres", "mlflow"):
         assert worker["depends_on"][dependency]["condition"] == "service_healthy"
+
+
+def test_compose_default_study_ships(compose: dict) -> None:
+    """``docker compose up`` with no STUDY_FILE runs a study that is in the repository (studies/ is mounted)."""
+    words = invocation(compose["services"]["worker"])
+    default = re.fullmatch(r"/studies/\$\{STUDY_FILE:-([^}]+)\}", words[4])
+    assert default, f"the worker's study should be /studies/${{STUDY_FILE:-...}}, is {words[4]!r}"
+    assert (ROOT / "studies" / default.group(1)).is_file(), f"studies/{default.group(1)} does not exist"
+    mounts = [str(v) for v in compose["services"]["worker"]["volumes"]]
+    assert any(re.fullmatch(r"\./studies:/studies(:ro)?", v) for v in mounts), mounts
+
+
+def test_dashboard_service(compose: dict) -> None:
+    """optuna-dashboard on the same Optuna storage the workers write, reachable from the host on loopback only."""
+    services = compose["services"]
+    dashboard = services.get("dashboard")
+    assert dashboard, "an optuna-dashboard service"
+    words = invocation(dashboard)
+    assert words[0] == "optuna-dashboard", words
+    worker_storage = next(
+        s for s in option_values(invocation(services["worker"]), "--set") if s.startswith("optuna.storage=")
+    )
+    positional = [w for n, w in enumerate(words[1:], 1) if not w.startswith("-") and not words[n - 1].startswith("-")]
+    assert positional == [worker_storage.removeprefix("optuna.storage=")], (positional, worker_storage)
+    assert option_values(words, "--host") == ["0.0.0.0"], "listens on the container's network, not its loopback"
+    port = option_values(words, "--port")
+    assert len(port) == 1, words
+    published = [str(p) for p in dashboard.get("ports", [])]
+    assert published and all(p.startswith("127.0.0.1:") and p.endswith(f":{port[0]}") for p in published), published
+    assert dashboard.get("build") and dashboard.get("image") == services["worker"]["image"], "the image with the extra"
+    assert dashboard["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert port[0] in json.dumps(dashboard.get("healthcheck", {}).get("test")), "a healthcheck on its port"
+    assert "profiles" not in dashboard, "started by a plain `docker compose up`"
 
 
 def test_worker_command(compose: dict) -> None:
@@ -404,6 +459,16 @@ def test_docs_show_the_mlflow_server_command(compose: dict) -> None:
     shown = find_command(["mlflow", "server"])
     assert shown, "docs/docker.md shows no `mlflow server` command"
     assert server in shown, f"docs/docker.md must show the mlflow command as docker-compose.yml runs it:\n{server}"
+
+
+def test_docs_show_the_dashboard_command(compose: dict) -> None:
+    dashboard = invocation(compose["services"]["dashboard"])
+    shown = find_command(["optuna-dashboard"])
+    assert dashboard in shown, f"docs/docker.md must show the dashboard command as compose runs it:\n{dashboard}"
+    published = str(compose["services"]["dashboard"]["ports"][0])  # 127.0.0.1:${DASHBOARD_PORT:-8080}:8080
+    host_port = re.search(r"^127\.0\.0\.1:(?:\$\{\w+:-)?(\d+)\}?:", published)
+    assert host_port, published
+    assert f"localhost:{host_port.group(1)}" in DOCS.read_text(encoding="utf-8"), "where the dashboard is"
 
 
 def test_docs_build_and_compose_commands_match_the_files(dockerfile: list[Instruction], compose: dict) -> None:
