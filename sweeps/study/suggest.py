@@ -11,7 +11,7 @@ from typing import Any
 import optuna
 
 from sweeps.config.schema import StudySpec
-from sweeps.config.search_space import STRATEGY_PARAM, param_name
+from sweeps.config.search_space import STRATEGY_PARAM, param_name, strategy_training, training_param_name
 from sweeps.config.spaces import FloatSpace, IntSpace, SearchSpace, is_search
 
 
@@ -58,10 +58,11 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> TrialParams:
             params[key] = searched[name] = _suggest_one(trial, name, value)
         else:
             params[key] = value
-    training = spec.training.model_dump()
-    for key in training:
-        value = getattr(spec.training, key)
+    training: dict[str, Any] = {}
+    for key, value in strategy_training(spec, entry).items():
         if is_search(value):
-            name = f"training.{key}"
+            name = training_param_name(spec, entry.name, key)
             training[key] = searched[name] = _suggest_one(trial, name, value)
+        else:
+            training[key] = value
     return TrialParams(strategy=entry.name, strategy_params=params, training=training, searched=searched)
