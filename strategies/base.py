@@ -188,6 +188,26 @@ class Composite(Strategy):
         return out
 
 
+@dataclass
+class GroupScale(Strategy):
+    """Multiply the LR of some groups and change nothing else; composed with a strategy, it gives e.g. the head a
+    higher LR than the body (``training.head_lr_scale``): a freshly initialised head usually wants a far higher LR
+    than the pretrained blocks under it, whatever the freezing strategy."""
+
+    scales: dict[str, float] = dataclasses.field(default_factory=dict)
+    name: ClassVar[str] = "group_scale"
+
+    def plan(self, layer_map: LayerMap, epoch: int, step: int) -> Plan:
+        return uniform_plan(layer_map, multipliers={k: v for k, v in self.scales.items() if k in layer_map.names})
+
+
+def with_head_scale(strategy: Strategy, scale: float) -> Strategy:
+    """``strategy`` with the head's LR multiplied by ``scale`` (``strategy`` itself when the scale is 1)."""
+    if scale == 1.0:
+        return strategy
+    return Composite(parts=(strategy, GroupScale({HEAD: float(scale)})))
+
+
 def log_range(low: float, high: float) -> dict[str, Any]:
     """A log-uniform float search entry, as a study file writes it (for ``default_training``)."""
     return {"type": "float", "low": low, "high": high, "log": True}
@@ -218,4 +238,5 @@ __all__ = [
     "log_range",
     "schedule_end_epoch",
     "uniform_plan",
+    "with_head_scale",
 ]

@@ -26,7 +26,7 @@ from sweeps.errors import DataError, ModelLoadError, SweepsError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BestModel", "load_best", "predict_labels", "predict_proba", "predict_submission"]
+__all__ = ["BestModel", "load_best", "load_model_folder", "predict_labels", "predict_proba", "predict_submission"]
 
 DEFAULT_MAX_LENGTH = 128  # task.max_length's default, for a study folder reloaded without its study file
 
@@ -86,38 +86,58 @@ def _device(device: Any) -> Any:
     return torch.device(device)
 
 
-def load_best(out: str | Path, *, device: Any = None, max_length: int | None = None) -> BestModel:
-    """Reload the best trial's model(s) and tokenizer from the study folder ``out``.
+def load_best(
+    out: str | Path, *, device: Any = None, max_length: int | None = None, trial: int | None = None
+) -> BestModel:
+    """Reload the best trial's model(s) and tokenizer from the study folder ``out`` (or trial ``trial``'s, when its
+    saved model is there: the runner keeps the best trial's only).
 
     Raises :class:`~sweeps.errors.SweepsError` when the study has no completed trial (no ``best.json``) or the saved
     model is missing, :class:`~sweeps.errors.ModelLoadError` when a saved folder cannot be loaded.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     out = Path(out)
     if not out.is_dir():
         raise SweepsError(f"study folder {out} does not exist: run the study first (python -m sweeps run <study.yaml>)")
     pointer = out / "models" / "best.json"
-    if not pointer.is_file():
-        raise SweepsError(
-            f"{out}: no best model yet ({pointer} is missing): the study has no completed trial. "
-            "Run (or resume) it with python -m sweeps run <study.yaml>, and check the trials' failure reasons"
-        )
-    try:
+    info: dict[str, Any] = {}
+    if trial is None:
+        if not pointer.is_file():
+            raise SweepsError(
+                f"{out}: no best model yet ({pointer} is missing): the study has no completed trial. "
+                "Run (or resume) it with python -m sweeps run <study.yaml>, and check the trials' failure reasons"
+            )
+        try:
+            info = json.loads(pointer.read_text(encoding="utf-8"))
+            trial = int(info["trial"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SweepsError(f"{pointer}: unreadable best-model pointer ({type(exc).__name__}: {exc})") from exc
+    elif pointer.is_file():
         info = json.loads(pointer.read_text(encoding="utf-8"))
-        trial = int(info["trial"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SweepsError(f"{pointer}: unreadable best-model pointer ({type(exc).__name__}: {exc})") from exc
+        if int(info.get("trial", -1)) != trial:
+            info = {"max_length": info.get("max_length")}
     folder = out / "models" / str(info.get("path") or f"trial_{trial}")
+    if max_length is None and isinstance(info.get("max_length"), int):
+        max_length = info["max_length"]
+    what = f"the best trial ({trial})" if info.get("trial") == trial else f"trial {trial}"
+    best = load_model_folder(folder, trial, device=device, max_length=max_length, what=what)
+    best.mlflow_run_id = info.get("mlflow_run_id")
+    return best
+
+
+def load_model_folder(
+    folder: Path, trial: int, *, device: Any = None, max_length: int | None = None, what: str | None = None
+) -> BestModel:
+    """Reload one trial's saved model(s) and tokenizer from ``folder`` (``fold_<k>`` subfolders under CV)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     folders = _model_folders(folder) if folder.is_dir() else []
     missing = [f for f in folders if not (f / "config.json").is_file()]
     if not folders or missing:
         raise SweepsError(
-            f"{out}: the best trial ({trial}) has no saved model at {missing[0] if missing else folder} "
-            "(removed, or the trial is still being saved by another worker); rerun the study to save one"
+            f"{folder.parent.parent}: {what or f'trial {trial}'} has no saved model at "
+            f"{missing[0] if missing else folder} (only the best trial's model is kept; or it is still being saved "
+            "by another worker); rerun the study to save one"
         )
-    if max_length is None and isinstance(info.get("max_length"), int):
-        max_length = info["max_length"]
     dev = _device(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folders[0]))
@@ -141,7 +161,6 @@ def load_best(out: str | Path, *, device: Any = None, max_length: int | None = N
         models=models,
         tokenizer=tokenizer,
         label_names=label_names,
-        mlflow_run_id=info.get("mlflow_run_id"),
         max_length=max_length,
         device=dev,
         folders=folders,

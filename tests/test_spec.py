@@ -746,14 +746,17 @@ def searched_spec() -> StudySpec:
 def test_suggest_samples_only_the_chosen_strategy() -> None:
     spec = searched_spec()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    study.enqueue_trial({"strategy": "bottom_n", "bottom_n.n": 2, "training.batch_size": 16})
+    study.enqueue_trial({"strategy": "bottom_n", "bottom_n.n": 2, "bottom_n.training.batch_size": 16})
     study.enqueue_trial({"strategy": "none"})
     first = suggest(trial := study.ask(), spec)
     assert isinstance(first, TrialParams)
     assert (first.strategy, first.strategy_params) == ("bottom_n", {"n": 2})
-    assert set(trial.params) == {"strategy", "bottom_n.n", "training.batch_size", "training.learning_rate"}
+    # searched training fields are per strategy: each strategy's LR is learned from its own trials
+    assert set(trial.params) == {
+        "strategy", "bottom_n.n", "bottom_n.training.batch_size", "bottom_n.training.learning_rate"
+    }
     assert first.training["batch_size"] == 16 and first.training["epochs"] == 3
-    assert first.training["learning_rate"] == first.searched["training.learning_rate"]
+    assert first.training["learning_rate"] == first.searched["bottom_n.training.learning_rate"]
     assert set(first.searched) == set(trial.params)
     study.tell(trial, 0.5)
     second = suggest(trial := study.ask(), spec)
@@ -763,7 +766,7 @@ def test_suggest_samples_only_the_chosen_strategy() -> None:
     for _ in range(25):
         trial = study.ask()
         params = suggest(trial, spec)
-        strategy_params = {n for n in trial.params if n != "strategy" and not n.startswith("training.")}
+        strategy_params = {n for n in trial.params if n != "strategy" and ".training." not in n}
         assert strategy_params <= {f"{params.strategy}.{k}" for k in params.strategy_params}
         if params.strategy == "discriminative":
             assert params.strategy_params["head_lr_ratio"] == 2.0 and 0.5 <= params.strategy_params["decay"] <= 1.0
@@ -839,6 +842,7 @@ def test_reference_documents_every_field() -> None:
         spec_module.TrainingConfig,
         spec_module.StrategyEntry,
         spec_module.OptunaConfig,
+        spec_module.ConfirmConfig,
         spec_module.TrackingConfig,
     ]
     missing = [f"{m.__name__}.{f}" for m in models for f in m.model_fields if not re.search(rf"[`.]{f}`", text)]

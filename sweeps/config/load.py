@@ -216,8 +216,11 @@ def _resolve_strategy_training(spec: StudySpec) -> None:
         for key in entry.training:
             if key not in fields:
                 raise SpecError(f"{path}.{key}", _hinted(f"unknown training field {key!r}", key, fields))
+        # the grid sampler enumerates fixed steps: log-range defaults have none, so a grid study uses its own
         defaults = {
-            k: v for k, v in registry.default_training(entry.name).items() if k not in explicit and k in fields
+            k: v
+            for k, v in registry.default_training(entry.name).items()
+            if k not in explicit and k in fields and spec.optuna.sampler != "grid"
         }
         raw = {**defaults, **entry.training}
         if not raw:

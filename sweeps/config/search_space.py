@@ -32,9 +32,13 @@ def param_name(strategy: str, param: str) -> str:
     return f"{strategy}.{param}"
 
 
-def training_param_name(spec: StudySpec, strategy: str, field: str) -> str:
-    """The Optuna name of a searched training field for one strategy (see the module docstring)."""
-    return f"training.{field}" if len(spec.strategies) == 1 else f"{strategy}.training.{field}"
+def training_param_name(spec: StudySpec, entry: Any, field: str) -> str:
+    """The Optuna name of a searched training field for one strategy entry (see the module docstring). The grid
+    sampler enumerates every combination anyway, so there a field the strategy does not override keeps the shared
+    name ``training.<field>`` (one grid dimension, not one per strategy)."""
+    if len(spec.strategies) == 1 or (spec.optuna.sampler == "grid" and field not in entry.training):
+        return f"training.{field}"
+    return f"{entry.name}.training.{field}"
 
 
 def strategy_training(spec: StudySpec, entry: Any) -> dict[str, Any]:
@@ -133,7 +137,7 @@ def grid_search_space(spec: StudySpec) -> dict[str, list[Any]]:
         for key, value in strategy_training(spec, entry).items():
             if is_search(value):
                 where = f"strategies[{i}].training.{key}" if key in entry.training else f"training.{key}"
-                grid[training_param_name(spec, entry.name, key)] = _grid_values(value, where)
+                grid[training_param_name(spec, entry, key)] = _grid_values(value, where)
     size = math.prod(len(v) for v in grid.values())
     if size > MAX_GRID_SIZE:
         raise SpecError("optuna.sampler", f"the grid has {size} combinations (max {MAX_GRID_SIZE}); narrow it")

@@ -22,6 +22,11 @@ TABLE_METRICS = ("accuracy", "f1_macro", "epoch_time_s", "peak_memory_mb", "trai
 INTEGER_METRICS = ("trainable_params", "best_epoch", "epochs_run")
 
 
+EVIDENCE_ATTRS = ("learned", "degenerate", "chance_rate", "dead_classes", "cache_warm", "confirm_of", "duplicate_of")
+"""Trial attributes the verdict reads (:mod:`sweeps.report.verdict`): did it learn, is it a seed of another trial's
+configuration or a skipped duplicate, and was its activation cache warm."""
+
+
 _STATES = {
     TrialState.COMPLETE: "complete",
     TrialState.PRUNED: "pruned",
@@ -29,6 +34,25 @@ _STATES = {
     TrialState.RUNNING: "running",
     TrialState.WAITING: "waiting",
 }
+
+
+TEST_ATTR = "test."
+"""Study user attribute prefix: ``test.<trial number>`` holds that finalist's held-out test metrics (a finished
+Optuna trial cannot take new attributes; one key per trial keeps workers from overwriting each other)."""
+
+
+def test_metrics_of(study: optuna.Study, number: int) -> dict[str, float] | None:
+    value = study.user_attrs.get(f"{TEST_ATTR}{number}")
+    return dict(value) if isinstance(value, dict) else None
+
+
+def all_test_metrics(study: optuna.Study) -> dict[int, dict[str, float]]:
+    """Trial number → its test metrics, for every finalist evaluated so far."""
+    out = {}
+    for key, value in study.user_attrs.items():
+        if key.startswith(TEST_ATTR) and key[len(TEST_ATTR) :].isdigit() and isinstance(value, dict):
+            out[int(key[len(TEST_ATTR) :])] = dict(value)
+    return out
 
 
 # -- the table ----------------------------------------------------------------------------------------------------
@@ -74,11 +98,11 @@ def _metrics(trial: FrozenTrial) -> dict[str, float]:
 
 
 def _short_name(name: str, strategy: str) -> str:
-    if name.startswith("training."):
-        return name[len("training.") :]
     if name.startswith(f"{strategy}."):
-        return name[len(strategy) + 1 :]
-    return name.split(".", 1)[1] if "." in name else name
+        name = name[len(strategy) + 1 :]
+    elif not name.startswith("training.") and "." in name:
+        name = name.split(".", 1)[1]
+    return name[len("training.") :] if name.startswith("training.") else name
 
 
 def _param_columns(trials: Sequence[FrozenTrial]) -> dict[str, str]:
@@ -97,7 +121,8 @@ def _param_columns(trials: Sequence[FrozenTrial]) -> dict[str, str]:
                 clash.add(short)
             seen[short] = name
             per_short.setdefault(short, set()).add(name)
-    reserved = {"number", "state", "strategy", "frozen_params_verified", "fail_reason", "duration_s", *TABLE_METRICS}
+    reserved = {"number", "state", "strategy", "frozen_params_verified", "fail_reason", "duration_s", *TABLE_METRICS,
+                *EVIDENCE_ATTRS}
     out = {}
     for short, names in per_short.items():
         for name in names:
@@ -141,11 +166,13 @@ def trials_table(study: optuna.Study, metric: str | None = None, direction: str 
             row[name] = metrics.get(name, math.nan)
         verified = t.user_attrs.get("frozen_params_verified")
         row["frozen_params_verified"] = None if verified is None else bool(verified)
+        for key in EVIDENCE_ATTRS:
+            row[key] = t.user_attrs.get(key)
         row["fail_reason"] = t.user_attrs.get("fail_reason") or ""
         row["duration_s"] = _duration(t)
         rows.append(row)
     ordered = ["number", "state", "strategy", *dict.fromkeys(columns.values()), *metric_cols,
-               "frozen_params_verified", "fail_reason", "duration_s"]
+               "frozen_params_verified", *EVIDENCE_ATTRS, "fail_reason", "duration_s"]
     table = pd.DataFrame(rows, columns=ordered)
     if table.empty:
         return table
@@ -158,8 +185,10 @@ def trials_table(study: optuna.Study, metric: str | None = None, direction: str 
     for col in INTEGER_METRICS:
         if col in table and table[col].dropna().map(float.is_integer).all():
             table[col] = table[col].astype("Int64")
-    table = table.sort_values("number", kind="stable")
-    table = table.sort_values(metric, ascending=direction == "minimize", na_position="last", kind="stable")
+    table["_time"] = table["epoch_time_s"].fillna(math.inf) if "epoch_time_s" in table else 0.0
+    table = table.sort_values(
+        [metric, "_time", "number"], ascending=[direction == "minimize", True, True], na_position="last", kind="stable"
+    ).drop(columns="_time")
     return table.reset_index(drop=True)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,6 +60,16 @@ def best_row(table: pd.DataFrame, metric: str, direction: str) -> pd.Series | No
     """The best trial by :func:`rank` (search and confirmation trials alike), or None."""
     ranked = rank(table, metric, direction)
     return None if ranked.empty else ranked.iloc[0]
+
+
+def best_trial_number(study: Any) -> int | None:
+    """The best trial of a study by :func:`rank` on its primary quality metric (the number ``best.json``, the CLI
+    summary and the report all use), or None before any trial completed."""
+    from sweeps.report.table import _study_metric, trials_table
+
+    metric, direction = _study_metric(study)
+    row = best_row(trials_table(study, metric, direction), metric, direction)
+    return None if row is None else int(row["number"])
 
 
 def config_id(row: pd.Series) -> int:
@@ -231,6 +242,8 @@ class Verdict:
             return out
         best = evidence.iloc[0]
         out.append(f"Best: {self.name(best)}: {self._value(best)}{self._cost(best)}.")
+        if len(evidence) == 1:
+            out.append("Only one trial completed: there is nothing to compare it with yet.")
         out.extend(self._against_baseline(best))
         out.extend(self._cheapest_tie(best))
         out.append(self.counts())
@@ -277,8 +290,12 @@ class Verdict:
         diff = self.compare(best, base)
         head = f"Against the best full fine-tuning, {self.name(base)} ({self._value(base)}): {self.name(best)} "
         if diff is None:
+            why = (
+                "predictions not stored" if self.metric in BOOTSTRAP_METRICS
+                else f"no evaluation-noise rule for {self.metric}; optuna.confirm measures seed noise"
+            )
             return [head + f"differs by {float(best[self.metric]) - float(base[self.metric]):+.4f} {self.metric} "
-                    "(no noise estimate: predictions not stored)" + self._costs_relative(best, base, "its") + "."]
+                    f"(no noise estimate: {why})" + self._costs_relative(best, base, "its") + "."]
         sentence = head + diff.describe(self.metric) + self._costs_relative(best, base, "its") + "."
         if diff.tie:
             sentence += f" Call it a tie: {best['strategy']} is as good as full fine-tuning here, not better."

@@ -1,9 +1,9 @@
 """Trials left behind by a worker that died, and what counts toward ``n_trials``.
 
 How ``n_trials`` is counted: trials that ran to an end (complete, pruned, failed by their own error) plus
-trials still running. Trials that were interrupted (Ctrl-C) or whose worker died do not use up the budget:
-they are retried with the same parameters (``optuna.retry_failed`` times) or their slot goes to a new
-sample.
+trials still running; confirmation trials (``optuna.confirm``) and skipped duplicates are extra. Trials
+that were interrupted (Ctrl-C) or whose worker died do not use up the budget: they are retried with the
+same parameters (``optuna.retry_failed`` times) or their slot goes to a new sample.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
     interrupted trials, trials whose worker died and surplus asks do not."""
     if trial.user_attrs.get("surplus"):
         return False
+    if trial.user_attrs.get("confirm_of") is not None or trial.user_attrs.get("duplicate_of") is not None:
+        return False  # confirmation trials come after the budget; duplicates were not trained
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
         return True
     if trial.state == TrialState.FAIL:

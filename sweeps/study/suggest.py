@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +31,12 @@ class TrialParams:
     strategy_params: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     searched: dict[str, Any] = field(default_factory=dict)
+
+    def config_key(self) -> str:
+        """A hash of everything the trial trains with (strategy, its params, the whole training section, seed
+        included): two trials with the same key would train the same model, so the second is not trained again."""
+        text = json.dumps([self.strategy, self.strategy_params, self.training], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _suggest_one(trial: optuna.Trial, name: str, space: SearchSpace) -> Any:
@@ -61,7 +69,7 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> TrialParams:
     training: dict[str, Any] = {}
     for key, value in strategy_training(spec, entry).items():
         if is_search(value):
-            name = training_param_name(spec, entry.name, key)
+            name = training_param_name(spec, entry, key)
             training[key] = searched[name] = _suggest_one(trial, name, value)
         else:
             training[key] = value
