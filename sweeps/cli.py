@@ -240,16 +240,7 @@ def _summary(runner: Any, out: Path, report: bool) -> None:
             lines.append(table[shown].head(15).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     except Exception as exc:  # the summary must not hide the study's results
         log.debug("summary table failed: %s", exc)
-    try:
-        bests = study.best_trials if len(study.directions) > 1 else [study.best_trial]
-    except ValueError:
-        bests = []
-    for best in bests[:5]:
-        metrics = {k.split(".", 1)[1]: v for k, v in best.user_attrs.items() if k.startswith("metric.")}
-        shown = ", ".join(
-            f"{k}={metrics[k]:.4g}" for k in ("accuracy", "f1_macro", "epoch_time_s", "peak_memory_mb") if k in metrics
-        )
-        lines.append(f"best trial {best.number}: {best.user_attrs.get('strategy')} {best.params} {shown}")
+    lines.extend(_answer(study, out))
     uri = mask_secrets(runner.tracker.uri)
     experiment = runner.tracker.experiment_name
     if uri.startswith(("http://", "https://")):
@@ -261,6 +252,30 @@ def _summary(runner: Any, out: Path, report: bool) -> None:
         lines.append(f"report: {report_path}")
     lines.append(f"study folder: {out}")
     print("\n".join(lines), flush=True)
+
+
+def _answer(study: Any, out: Path) -> list[str]:
+    """The best trial (the one ranking rule everywhere) and the verdict's sentences: health warnings first, then the
+    best, the baseline comparison with its noise rule, the cheapest tie and the evidence per strategy."""
+    from sweeps.report import recommendation, trials_table
+    from sweeps.report.recommend import prediction_reader
+    from sweeps.report.table import _study_metric, all_test_metrics, trial_labels
+
+    if len(study.directions) > 1:
+        return [f"Pareto-optimal trials: {', '.join(str(t.number) for t in study.best_trials[:10])}"]
+    try:
+        metric, direction = _study_metric(study)
+        table = trials_table(study, metric, direction)
+        names = study.user_attrs.get("labels") or []
+        sentences = recommendation(
+            table, metric, direction, trial_labels(study),
+            predictions=prediction_reader(out, names) if names else None, num_labels=len(names) or None,
+            test_metrics=all_test_metrics(study),
+        )
+    except Exception as exc:  # the summary must not hide the study's results
+        log.debug("verdict failed: %s", exc)
+        return []
+    return ["", *sentences[1:]]  # the first sentence (trial counts) repeats the line above the table
 
 
 _WORKER_ENV = "SWEEPS_WORKER_OF"

@@ -36,6 +36,7 @@ _STATES = {
 }
 
 
+TEST_METRICS = ("accuracy", "f1_macro", "f1_weighted")
 TEST_ATTR = "test."
 """Study user attribute prefix: ``test.<trial number>`` holds that finalist's held-out test metrics (a finished
 Optuna trial cannot take new attributes; one key per trial keeps workers from overwriting each other)."""
@@ -173,6 +174,12 @@ def trials_table(study: optuna.Study, metric: str | None = None, direction: str 
         rows.append(row)
     ordered = ["number", "state", "strategy", *dict.fromkeys(columns.values()), *metric_cols,
                "frozen_params_verified", *EVIDENCE_ATTRS, "fail_reason", "duration_s"]
+    tests = all_test_metrics(study)
+    test_cols = [f"test/{k}" for k in TEST_METRICS if any(k in m for m in tests.values())]
+    for row in rows:  # the finalists' held-out scores: shown, never used to rank
+        for col in test_cols:
+            row[col] = tests.get(row["number"], {}).get(col[len("test/") :], math.nan)
+    ordered[ordered.index("frozen_params_verified"):ordered.index("frozen_params_verified")] = test_cols
     table = pd.DataFrame(rows, columns=ordered)
     if table.empty:
         return table

@@ -45,8 +45,6 @@ def choose_finalists(
         value = metric_of(t)
         if t.state != TrialState.COMPLETE or is_confirmation(t) or value is None or t.user_attrs.get("duplicate_of"):
             continue
-        if t.user_attrs.get("learned") is False:
-            continue
         rows.append({"number": t.number, "strategy": strategy_of(t), "value": float(value)})
     if not rows:
         return []
