@@ -142,10 +142,20 @@ def _load(args: argparse.Namespace):
     return load_spec(args.study, args.overrides, output=args.output)
 
 
+def _warn_about(spec: Any) -> None:
+    """Study-file choices that are valid but make the comparison unfair (logged, never fatal)."""
+    from sweeps.config.load import shared_fixed_lr_warning
+
+    warning = shared_fixed_lr_warning(spec)
+    if warning:
+        log.warning("warning: %s", warning)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     spec = _load(args)
     out = spec.output_dir
     _setup_logging(out, args.quiet, args.verbose)
+    _warn_about(spec)
     if args.workers > 1:
         return _run_workers(args, spec, out)
     return _run_here(spec, out, report=not args.no_report, resume=_resume_command(args))
@@ -337,6 +347,7 @@ def _run_workers(args: argparse.Namespace, spec: Any, out: Path) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load(args)
     _setup_logging(None, args.quiet, args.verbose)
+    _warn_about(spec)
     if args.model:
         from sweeps.study import StudyRunner
 
