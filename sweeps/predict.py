@@ -17,12 +17,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sweeps.data import read_test
 from sweeps.errors import DataError, ModelLoadError, SweepsError
+from sweeps.records import best_model_pointer, models_dir, trial_model_dir
+
+if TYPE_CHECKING:
+    from sweeps.config import StudySpec
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +102,7 @@ def load_best(
     out = Path(out)
     if not out.is_dir():
         raise SweepsError(f"study folder {out} does not exist: run the study first (python -m sweeps run <study.yaml>)")
-    pointer = out / "models" / "best.json"
+    pointer = best_model_pointer(out)
     info: dict[str, Any] = {}
     if trial is None:
         if not pointer.is_file():
@@ -115,7 +119,7 @@ def load_best(
         info = json.loads(pointer.read_text(encoding="utf-8"))
         if int(info.get("trial", -1)) != trial:
             info = {"max_length": info.get("max_length")}
-    folder = out / "models" / str(info.get("path") or f"trial_{trial}")
+    folder = models_dir(out) / str(info.get("path") or trial_model_dir(out, trial).name)
     if max_length is None and isinstance(info.get("max_length"), int):
         max_length = info["max_length"]
     what = f"the best trial ({trial})" if info.get("trial") == trial else f"trial {trial}"
@@ -238,7 +242,7 @@ def predict_labels(best: BestModel, probs: np.ndarray) -> list[str]:
 
 
 def predict_submission(
-    spec: Any,
+    spec: StudySpec,
     out: str | Path,
     test: str | Path | None = None,
     out_path: str | Path | None = None,
@@ -251,17 +255,17 @@ def predict_submission(
 
     out = Path(out)
     ds, id_name = read_test(spec, test)  # data problems first: they are cheaper to find than loading models
-    device = spec.training.device if getattr(spec.training, "device", "auto") != "auto" else None
+    device = spec.training.device if spec.training.device != "auto" else None
     best = load_best(out, device=device, max_length=spec.task.max_length)
     pairs = ds["text_pair"] if "text_pair" in ds.column_names else None
-    probs = predict_proba(best, ds["text"], pairs, batch_size=int(getattr(spec.training, "eval_batch_size", 64)))
+    probs = predict_proba(best, ds["text"], pairs, batch_size=spec.training.eval_batch_size)
     ids = ds["id"] if "id" in ds.column_names else ds["example_id"]
     frame = pd.DataFrame({id_name: ids})
     if proba:
         for j, name in enumerate(best.label_names):
             frame[name if name != id_name else f"{name}_proba"] = probs[:, j]
     else:
-        label_name = spec.task.data.label_column or "label"
+        label_name = spec.task.data.label_column
         frame[label_name if label_name != id_name else "label"] = predict_labels(best, probs)
     target = Path(out_path) if out_path is not None else out / "submission.csv"
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -92,7 +92,7 @@ def test_searched_training_fields_are_named_per_strategy():
         trial = opt.ask()
         params = suggest(trial, spec)
         seen |= set(params.searched)
-        assert params.training["learning_rate"] == params.searched[f"{params.strategy}.training.learning_rate"]
+        assert params.training.learning_rate == params.searched[f"{params.strategy}.training.learning_rate"]
         opt.tell(trial, 0.5)
     assert {"none.training.learning_rate", "bottom_n.training.learning_rate"} <= seen
     assert "training.learning_rate" not in seen
@@ -112,7 +112,7 @@ def test_sampler_conditions_each_strategys_lr_on_that_strategys_trials():
     for number in range(60):
         trial = opt.ask()
         params = suggest(trial, spec)
-        lr = params.training["learning_rate"]
+        lr = params.training.learning_rate
         if number >= 40:
             late[params.strategy].append(lr)
         opt.tell(trial, -((math.log10(lr) - math.log10(optimum[params.strategy])) ** 2))

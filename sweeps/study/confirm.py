@@ -16,10 +16,10 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-CONFIRM_OF = "confirm_of"
-"""User attribute: the search trial whose configuration this trial retrains."""
-CONFIRM_SEED = "confirm_seed"
-"""User attribute: the ``training.seed`` this confirmation trial trains with."""
+from sweeps.records import TrialAttr
+
+CONFIRM_OF = TrialAttr.CONFIRM_OF
+CONFIRM_SEED = TrialAttr.CONFIRM_SEED
 BASELINE = "none"
 
 
@@ -43,7 +43,9 @@ def choose_finalists(
     rows = []
     for t in trials:
         value = metric_of(t)
-        if t.state != TrialState.COMPLETE or is_confirmation(t) or value is None or t.user_attrs.get("duplicate_of"):
+        if t.state != TrialState.COMPLETE or is_confirmation(t) or value is None:
+            continue
+        if t.user_attrs.get(TrialAttr.DUPLICATE_OF) is not None:
             continue
         rows.append({"number": t.number, "strategy": strategy_of(t), "value": float(value)})
     if not rows:
@@ -77,7 +79,7 @@ def enqueue_confirmations(study: optuna.Study, finalists: list[FrozenTrial], see
     trials = study.get_trials(deepcopy=False)
     added = 0
     for finalist in finalists:
-        base_seed = int(finalist.user_attrs.get("seed", 0))
+        base_seed = int(finalist.user_attrs.get(TrialAttr.SEED, 0))
         for seed in missing_seeds(trials, finalist, seeds, base_seed):
             study.enqueue_trial(dict(finalist.params), user_attrs={CONFIRM_OF: finalist.number, CONFIRM_SEED: seed})
             added += 1

@@ -1,4 +1,4 @@
-"""The Optuna sampler and pruner a study file asks for, and the study's objectives.
+"""The Optuna sampler and pruner a study file asks for.
 """
 
 from __future__ import annotations
@@ -11,24 +11,14 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from sweeps.config import StudySpec
 from sweeps.errors import SpecError
-from sweeps.metrics import direction
 from sweeps.study.pruning import PerStrategyPruner
 
 
-def objectives(spec: Any) -> list[tuple[str, str]]:
-    """(metric, direction) per objective."""
-    out = []
-    for item in spec.optuna.objectives:
-        if isinstance(item, str):
-            out.append((item, direction(item)))
-        else:
-            out.append((item.metric, item.direction or direction(item.metric)))
-    return out
-
-
-def make_sampler(spec: Any) -> optuna.samplers.BaseSampler:
-    seed = spec.optuna.sampler_seed if spec.optuna.sampler_seed is not None else spec.training.seed
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    seed = spec.optuna.sampler_seed  # resolved by sweeps.config: training.seed unless given
+    assert seed is not None
     name = spec.optuna.sampler
     if name == "tpe":
         startup = tpe_startup_trials(spec)
@@ -107,7 +97,7 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         self._sampler.reseed_rng()
 
 
-def make_pruner(spec: Any) -> optuna.pruners.BasePruner:
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     """The study file's pruner; with several strategies it judges each trial against its own strategy's trials only
     (:class:`~sweeps.study.pruning.PerStrategyPruner`): a frozen-body trial trails full fine-tuning after epoch 1 by
     construction, and a shared median would prune it for what it freezes."""
@@ -117,7 +107,7 @@ def make_pruner(spec: Any) -> optuna.pruners.BasePruner:
     return pruner
 
 
-def _base_pruner(spec: Any) -> optuna.pruners.BasePruner:
+def _base_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     name = spec.optuna.pruner
     warmup = spec.optuna.pruner_warmup_epochs
     if name == "median":

@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna
 
-from sweeps.config.schema import StudySpec
+from sweeps.config.schema import StudySpec, TrainingConfig
 from sweeps.config.search_space import STRATEGY_PARAM, param_name, strategy_training, training_param_name
 from sweeps.config.spaces import FloatSpace, IntSpace, SearchSpace, is_search
 
@@ -22,20 +22,21 @@ class TrialParams:
     """What one trial trains with.
 
     ``strategy_params`` holds every hyperparameter of the chosen strategy (defaults, fixed values and sampled values),
-    ready for :func:`strategies.registry.build_strategy` and for logging; ``training`` is the complete training
-    section with searched fields replaced by their sampled values; ``searched`` only the sampled values, by Optuna
-    name (what the sampler actually chose).
+    ready for :func:`strategies.registry.build_strategy` and for logging; ``training`` is the study's training
+    section with every searched field replaced by its sampled value (so the trial reads plain values, typed);
+    ``searched`` only the sampled values, by Optuna name (what the sampler actually chose).
     """
 
     strategy: str
+    training: TrainingConfig
     strategy_params: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
     searched: dict[str, Any] = field(default_factory=dict)
 
     def config_key(self) -> str:
         """A hash of everything the trial trains with (strategy, its params, the whole training section, seed
         included): two trials with the same key would train the same model, so the second is not trained again."""
-        text = json.dumps([self.strategy, self.strategy_params, self.training], sort_keys=True, default=str)
+        training = self.training.model_dump(mode="json")
+        text = json.dumps([self.strategy, self.strategy_params, training], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -66,11 +67,12 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> TrialParams:
             params[key] = searched[name] = _suggest_one(trial, name, value)
         else:
             params[key] = value
-    training: dict[str, Any] = {}
+    sampled: dict[str, Any] = {}
     for key, value in strategy_training(spec, entry).items():
         if is_search(value):
             name = training_param_name(spec, entry, key)
-            training[key] = searched[name] = _suggest_one(trial, name, value)
-        else:
-            training[key] = value
+            sampled[key] = searched[name] = _suggest_one(trial, name, value)
+        elif key in entry.training:  # the strategy's own fixed value
+            sampled[key] = value
+    training = spec.training.model_copy(update=sampled)
     return TrialParams(strategy=entry.name, strategy_params=params, training=training, searched=searched)
