@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--test", help="test file (default: task.data.test)")
     predict.add_argument("--out", default=None, help="output CSV (default: <study folder>/submission.csv)")
     predict.add_argument("--proba", action="store_true", help="write class probabilities instead of labels")
+    predict.add_argument("--trial", type=int, default=None, help="use this trial's saved model instead of the best")
     return parser
 
 
@@ -446,7 +447,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from sweeps.predict import predict_submission
 
     path = predict_submission(
-        spec, out, test=args.test, out_path=Path(args.out) if args.out else None, proba=args.proba
+        spec, out, test=args.test, out_path=Path(args.out) if args.out else None, proba=args.proba, trial=args.trial
     )
     print(f"wrote {path}")
     return EXIT_OK

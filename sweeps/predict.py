@@ -247,6 +247,7 @@ def predict_submission(
     test: str | Path | None = None,
     out_path: str | Path | None = None,
     proba: bool = False,
+    trial: int | None = None,
 ) -> Path:
     """Write ``submission.csv`` (default ``<out>/submission.csv``) for the test file (``test`` or
     ``task.data.test``) with the study's best trial: the id column and the predicted label under the label column's
@@ -256,7 +257,7 @@ def predict_submission(
     out = Path(out)
     ds, id_name = read_test(spec, test)  # data problems first: they are cheaper to find than loading models
     device = spec.training.device if spec.training.device != "auto" else None
-    best = load_best(out, device=device, max_length=spec.task.max_length)
+    best = load_best(out, device=device, max_length=spec.task.max_length, trial=trial)
     pairs = ds["text_pair"] if "text_pair" in ds.column_names else None
     probs = predict_proba(best, ds["text"], pairs, batch_size=spec.training.eval_batch_size)
     ids = ds["id"] if "id" in ds.column_names else ds["example_id"]

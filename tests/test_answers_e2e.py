@@ -13,6 +13,8 @@ from e2e_helpers import make_dataset, make_tiny_model, write_study
 from mlflow.tracking import MlflowClient
 
 from sweeps.cli import main
+from sweeps.errors import SweepsError
+from sweeps.predict import load_best
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +84,13 @@ def test_confirmation_seeds_and_held_out_test(assets: tuple[Path, Path], tmp_pat
     assert "Held-out test (15 rows" in lines and "Seeds (mean ± std over 2)" in lines
 
     assert main(["report", str(study_file), "--output", str(out), "--format", "json"]) == 0
+
+    # predict with any trial whose model is kept (the best one), and a clear error for one that is not
+    assert main(["predict", str(study_file), "--output", str(out), "--trial", str(best)]) == 0
+    assert (out / "submission.csv").is_file()
+    other = next(t.number for t in search if t.number != best)
+    with pytest.raises(SweepsError, match=f"trial {other} has no saved model"):
+        load_best(out, trial=other)
 
 
 def test_duplicates_are_not_trained_again(assets: tuple[Path, Path], tmp_path: Path) -> None:

@@ -428,8 +428,12 @@ def test_tokenize_split_columns(tokenizer: Any) -> None:
     assert tokenized["labels"] == task.train["label"] and tokenized["example_id"] == task.train["example_id"]
     assert max(tokenized["length"]) == 5  # truncated to max_length, not padded
     assert all(len(ids) == n for ids, n in zip(tokenized["input_ids"], tokenized["length"]))
-    test = sd.load_task_data(make_cfg(), dataframe=sentiment_frame(20), test_dataframe=sentiment_frame(4)).test
+    unlabelled = sentiment_frame(4).drop(columns="label")
+    test = sd.load_task_data(make_cfg(), dataframe=sentiment_frame(20), test_dataframe=unlabelled).test
     assert test is not None and "labels" not in sd.tokenize_split(test, tokenizer, 16, None).column_names
+    # a test split that labels every row is a held-out split: its labels are kept (the finalists' test metrics)
+    labelled = sd.load_task_data(make_cfg(), dataframe=sentiment_frame(20), test_dataframe=sentiment_frame(4))
+    assert labelled.test_labelled and "labels" in sd.tokenize_split(labelled.test, tokenizer, 16, None).column_names
 
 
 def test_tokenize_pairs(tokenizer: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +33,8 @@ from sweeps.data.normalise import (
 )
 from sweeps.data.read import _get, _Raw, _read_splits
 from sweeps.errors import DataError
+
+log = logging.getLogger(__name__)
 
 # Bump when the normalisation below changes, so fingerprints (and the caches keyed by them) change with it.
 _FORMAT_VERSION = "data-v1"
@@ -149,8 +152,12 @@ def load_task_data(
     if test_raw is not None:
         test_labels = None
         if _has_every_label(test_raw, label_column):  # a labelled test split: held-out evaluation of the finalists
-            keys = _label_keys(test_raw, label_column, test_raw.label_names)
-            test_labels = _map_labels(test_raw, keys, mapping, train_is_int)
+            try:
+                keys = _label_keys(test_raw, label_column, test_raw.label_names)
+                test_labels = _map_labels(test_raw, keys, mapping, train_is_int)
+            except DataError as exc:  # e.g. a placeholder label column in a Kaggle test file: predictions only
+                log.warning("%s: not used as a labelled test split (%s)", test_raw.where, exc)
+                test_labels = None
         test = _normalise(test_raw, cfg, test_labels, require_id=True)
 
     train = _seeded_head(train, _get(cfg, "max_train_rows"), seed)

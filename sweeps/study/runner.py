@@ -145,12 +145,7 @@ class StudyRunner:
     def open_parent_run(self) -> str | None:
         """The study's MLflow parent run, created by the first worker only: workers starting together (several
         machines, ``docker compose --scale``) each created one and split the trials between two parents."""
-        storage = getattr(self.study._storage, "_backend", self.study._storage)
-        with storage_lock(
-            storage_url(self.spec),
-            f"freeze-sweeps:parent-run:{self.study.study_name}",
-            engine=getattr(storage, "engine", None),
-        ):
+        with self._study_lock("parent-run"):
             return self.tracker.parent_run(self.study, self.spec.name, {Tag.STUDY: self.study.study_name})
 
     def _parent_has_params(self) -> bool:
@@ -188,7 +183,7 @@ class StudyRunner:
     def _confirm(self, deadline: float | None) -> list[TrialReport]:
         """Retrain the finalists with further seeds (``optuna.confirm``), then run every waiting confirmation."""
         cfg = self.spec.optuna.confirm
-        if cfg is None or len(self.objectives) > 1:
+        if cfg is None or self.spec.multi_objective:
             return []
         metric, direction = self.spec.task.metric, self.spec.task.direction
         with self._study_lock("confirm"):
@@ -240,9 +235,10 @@ class StudyRunner:
         )
 
     def _study_lock(self, what: str) -> Any:
+        """A lock shared by every worker of the study (through its storage): one of them does ``what`` at a time."""
         storage = getattr(self.study._storage, "_backend", self.study._storage)
         return storage_lock(
-            storage_url(self.spec, self.output),
+            storage_url(self.spec),
             f"freeze-sweeps:{what}:{self.study.study_name}",
             engine=getattr(storage, "engine", None),
         )
@@ -336,7 +332,7 @@ class StudyRunner:
         ``duplicate_of``; it does not use up ``n_trials`` and is never counted as evidence. Several duplicates in a
         row mean the sampler has nothing new left to propose: the search stops."""
         trial.set_user_attr(TrialAttr.DUPLICATE_OF, previous.number)
-        self.study.tell(trial, values=previous.values if len(self.objectives) > 1 else previous.value)
+        self.study.tell(trial, values=previous.values if self.spec.multi_objective else previous.value)
         self._duplicates_in_a_row = getattr(self, "_duplicates_in_a_row", 0) + 1
         self.say(f"trial {trial.number}: same configuration as trial {previous.number}: not trained again")
         if self._duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
