@@ -90,7 +90,7 @@ def study_yaml(data: Path, rows: int, epochs: int, out: Path, cache: str) -> Pat
     return path
 
 
-def training_dict(spec: Any, strategy: str, params: dict[str, Any]) -> dict[str, Any]:
+def training_dict(spec: Any, strategy: str, params: dict[str, Any]) -> Any:
     import optuna
 
     from sweeps.study import suggest
