@@ -28,7 +28,14 @@ from sweeps.config.search_space import STRATEGY_PARAM
 from sweeps.errors import SpecError, SweepsError
 from sweeps.records import Artifact, StudyAttr, Tag, TrialAttr, best_model_pointer, metric_attr, trial_model_dir
 from sweeps.study.confirm import choose_finalists, confirmation_seed, enqueue_confirmations, is_confirmation
-from sweeps.study.recovery import HOST, _heartbeat, budget_used, counts_toward_budget, recover_dead_trials
+from sweeps.study.recovery import (
+    HOST,
+    budget_used,
+    counts_toward_budget,
+    heartbeat,
+    recover_dead_trials,
+    study_storage,
+)
 from sweeps.study.storage import database_url, open_study, storage_lock, storage_url
 from sweeps.study.suggest import TrialParams
 from sweeps.study.test_split import TEST_ATTR, evaluate_test_split, test_metrics_of
@@ -236,7 +243,7 @@ class StudyRunner:
 
     def _study_lock(self, what: str) -> Any:
         """A lock shared by every worker of the study (through its storage): one of them does ``what`` at a time."""
-        storage = getattr(self.study._storage, "_backend", self.study._storage)
+        storage = study_storage(self.study, backend=True)
         return storage_lock(
             storage_url(self.spec),
             f"freeze-sweeps:{what}:{self.study.study_name}",
@@ -314,7 +321,7 @@ class StudyRunner:
         if run_id:
             trial.set_user_attr(TrialAttr.MLFLOW_RUN, run_id)
         self.say(f"trial {trial.number}: {params.strategy} {params.strategy_params or ''}")
-        with _heartbeat(self.study, trial):
+        with heartbeat(self.study, trial):
             return self._execute(trial, params, run_id)
 
     def _duplicate_of(self, number: int, key: str) -> optuna.trial.FrozenTrial | None:
