@@ -49,13 +49,18 @@ def _bounds_of(value: Any) -> tuple[Any, Any] | list[Any]:
     return [value]
 
 
-def check_strategy_bounds(
-    spec: StudySpec, num_layers: int, layer_params: tuple[str, ...] = ("n", "start_frozen")
-) -> None:
-    """Raise :class:`SpecError` when a layer-count hyperparameter (``n``, ``start_frozen``) can exceed the model's
-    ``num_layers`` anywhere in its range, before any trial starts — otherwise only the trials that happen to sample
-    the bad values fail, which looks like flakiness."""
+def check_strategy_bounds(spec: StudySpec, num_layers: int) -> None:
+    """Raise :class:`SpecError` when a layer-count hyperparameter can exceed the model's ``num_layers`` anywhere in
+    its range, before any trial starts — otherwise only the trials that happen to sample the bad values fail, which
+    looks like flakiness. Which hyperparameters count layers is each strategy's own declaration
+    (``layer_bounded_params``: ``bottom_n.n``, ``gradual.start_frozen``, composites the union of their parts)."""
+    from strategies import layer_bounded_params
+
     for i, entry in enumerate(spec.strategies):
+        try:
+            layer_params = layer_bounded_params(entry.name)
+        except Exception:  # an unknown name is reported by the strategy check, with its own message
+            continue
         for key in layer_params:
             if key not in entry.params:
                 continue

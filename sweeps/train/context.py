@@ -72,8 +72,10 @@ class StudyContext:
         data = load_task_data(
             resolved_data_config(spec), dataframe=dataframe, carve_validation=not spec.task.cv.enabled
         )
-        source = resolve_model(spec.task.model, spec.base_dir, spec.task.revision)
-        tokenizer = load_tokenizer(source)
+        source = model_source(spec)
+        tokenizer = load_tokenizer(
+            resolve_model(spec.task.tokenizer, spec.base_dir) if spec.task.tokenizer else source
+        )
         cache_dir = output / "cache" / "tokenized"
         tokenized, keys = {}, {}
         for split in ("train", "validation", "test"):
@@ -85,6 +87,30 @@ class StudyContext:
         return cls(spec, output, device, data, tokenizer, source, tokenized, keys, make_collator(tokenizer))
 
     def build_model(self) -> torch.nn.Module:
+        from sweeps.train.custom_models import build_custom, is_custom
         from sweeps.train.models import load_classifier
 
+        if is_custom(self.spec):
+            return build_custom(self.spec, self.model_source, self.data.label_names).to(self.device)
         return load_classifier(self.model_source, self.data.label_names).to(self.device)
+
+    def save_model(self, model: torch.nn.Module, folder: Path) -> None:
+        """The trained model and its tokenizer, reloadable by ``predict``."""
+        from sweeps.train.custom_models import is_custom, save_custom
+
+        folder.mkdir(parents=True, exist_ok=True)
+        if is_custom(self.spec):
+            save_custom(model, folder, self.spec, self.model_source, self.data.label_names)
+        else:
+            model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+
+def model_source(spec: Any) -> Any:
+    """Where ``task.model`` comes from: a factory (imported now, so a typo fails before trial 0) or a checkpoint."""
+    from sweeps.train.custom_models import resolve_factory
+    from sweeps.train.models import resolve_model
+
+    if spec.task.is_factory:
+        return resolve_factory(spec.task.model, spec.base_dir)
+    return resolve_model(spec.task.model, spec.base_dir, spec.task.revision)
