@@ -7,6 +7,7 @@ later stage reads the resolved spec and never re-derives a default.
 """
 
 from sweeps.config.load import load_spec, parse_spec
+from sweeps.config.model_fields import HeadConfig
 from sweeps.config.overrides import apply_overrides
 from sweeps.config.schema import (
     CVConfig,
@@ -28,6 +29,7 @@ __all__ = [
     "CategoricalSpace",
     "DataConfig",
     "FloatSpace",
+    "HeadConfig",
     "IntSpace",
     "LayersConfig",
     "Objective",
