@@ -179,14 +179,15 @@ def _shipped(tmp_path: Path, name: str) -> Path:
     return tmp_path / name
 
 
-FC = {"layer.0": 256 * 32 + 32, "layer.1": 32 * 32 + 32, "layer.2": 32 * 32 + 32, "layer.3": 32 * 32 + 32,
+FC = {"layer.0": 1024 * 32 + 32, "layer.1": 32 * 32 + 32, "layer.2": 32 * 32 + 32, "layer.3": 32 * 32 + 32,
       "head": 32 * 2 + 2}
 
 
 def test_schedule_fc2_study_freezes_fc2_for_three_epochs(tmp_path: Path) -> None:
     study = _shipped(tmp_path, "schedule_fc2.yaml")
     out = tmp_path / "out"
-    small = ["--set", "task.data.max_train_rows=64", "--set", "task.data.max_eval_rows=32"]
+    small = ["--set", "task.data.max_train_rows=64", "--set", "task.data.max_eval_rows=32",
+             "--set", "training.epochs=4"]
     submission = _run_report_predict(study, out, *small)
     assert len(submission) == 200 and set(submission["label"]) <= {"positive", "negative"}
     runs = {r.data.tags["sweeps.strategy"]: r for r in _trials(out, "schedule-fc2")}
@@ -205,7 +206,8 @@ def test_schedule_fc2_study_freezes_fc2_for_three_epochs(tmp_path: Path) -> None
 def test_fastai_fine_tune_study_searches_the_boundary(tmp_path: Path) -> None:
     study = _shipped(tmp_path, "fastai_fine_tune.yaml")
     out = tmp_path / "out"
-    small = ["--set", "task.data.max_train_rows=64", "--set", "task.data.max_eval_rows=32"]
+    small = ["--set", "task.data.max_train_rows=64", "--set", "task.data.max_eval_rows=32",
+             "--set", "training.epochs=3", "--set", "strategies[0].params.boundary_0={type: int, low: 1, high: 2}"]
     _run_report_predict(study, out, *small)
     total, head = sum(FC.values()), FC["head"]
     runs = _trials(out, "fastai-fine-tune")

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-BUCKETS = 256
+BUCKETS = 1024
 
 
 class FcText(nn.Module):
-    """Hashed bag of tokens → fc1 … fc5 (ReLU between)."""
+    """Hashed bag of token counts → fc1 … fc5 (ReLU between)."""
 
     def __init__(self, num_labels: int, width: int = 32) -> None:
         super().__init__()
@@ -34,7 +34,7 @@ class FcText(nn.Module):
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         bag = torch.zeros(input_ids.shape[0], BUCKETS, device=input_ids.device)
         bag.scatter_add_(1, input_ids % BUCKETS, mask.float())
-        x = bag / mask.sum(1, keepdim=True).clamp(min=1)
+        x = bag  # counts, not frequencies: normalised bags gave fc1 inputs too small to learn from in a few epochs
         for fc in (self.fc1, self.fc2, self.fc3, self.fc4):
             x = self.act(fc(x))
         return self.fc5(x)
