@@ -10,7 +10,8 @@ from strategies.layers import LayerMap
 
 def describe(layer_map: LayerMap, plan: Plan) -> list[dict[str, Any]]:
     """One row per group: ``name``, ``num_params``, ``frozen``, ``lr_multiplier``, ``modules`` (a stable contract:
-    ``sweeps inspect --format json`` prints exactly this)."""
+    ``sweeps inspect --format json`` prints these, plus ``unused``/``unused_params`` for parameters without a
+    gradient)."""
     return [
         {
             "name": g.name,
