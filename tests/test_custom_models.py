@@ -20,6 +20,7 @@ from sweeps.cli import main
 from sweeps.config import parse_spec as _parse
 from sweeps.config.search_space import check_strategy_bounds
 from sweeps.errors import SpecError
+from sweeps.records import Artifact, SavedModel, Tag, epochs_file, trial_model_dir
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _trials(out: Path, experiment: str) -> list:
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     exp = client.get_experiment_by_name(experiment).experiment_id
-    runs = [r for r in client.search_runs([exp]) if r.data.tags.get("sweeps.role") == "trial"]
+    runs = [r for r in client.search_runs([exp]) if r.data.tags.get(Tag.ROLE) == "trial"]
     return sorted(runs, key=lambda r: r.info.start_time)
 
 
@@ -55,7 +56,7 @@ def _run_report_predict(study: Path, out: Path, *extra: str) -> pd.DataFrame:
 
 
 def _epochs(out: Path, trial: int) -> list[dict]:
-    return json.loads((out / "trials" / f"trial_{trial}_epochs.json").read_text())
+    return json.loads(epochs_file(out, trial).read_text())
 
 
 # -- task.head: the pooler case ----------------------------------------------------------------------------------------
@@ -75,23 +76,23 @@ def test_mean_pool_head_leaves_the_pooler_out_of_training(assets: tuple[Path, Pa
     assert len(submission) == 20 and set(submission["label"]) <= {"pos", "neg"}
 
     (run,) = _trials(out, "tiny")
-    rows = {r["name"]: r for r in _artifact(out, run, "layer_groups.json")}
+    rows = {r["name"]: r for r in _artifact(out, run, Artifact.LAYER_GROUPS_JSON)}
     assert sorted(rows["head"]["unused"]) == sorted(POOLER) and rows["head"]["unused_params"] == POOLER_SIZE
     assert all(not r["unused"] for name, r in rows.items() if name != "head")
     total = sum(r["num_params"] for r in rows.values())
     assert total == 3008 + 2 * 8544 + POOLER_SIZE + (32 * 8 + 8) + (8 * 2 + 2)
     # counted right: everything trains except the pooler
     assert run.data.metrics["trainable_params"] == total - POOLER_SIZE
-    assert run.data.tags["frozen_params_verified"] == "true"
+    assert run.data.tags[Tag.FROZEN_VERIFIED] == "true"
 
     # not in the optimizer: AdamW's decoupled weight decay (0.1) would have moved the pooler; it is bit-identical
-    saved = load_file(str(out / "models" / "trial_0" / "model.safetensors"))
+    saved = load_file(str(trial_model_dir(out, 0) / SavedModel.WEIGHTS))
     original = load_file(str(model / "model.safetensors"))
     for name in POOLER:
         assert torch.equal(saved[name], original[name]), name
     assert not torch.equal(saved["bert.encoder.layer.0.output.dense.weight"],
                            original["bert.encoder.layer.0.output.dense.weight"])
-    assert (out / "models" / "trial_0" / "sweeps_model.json").is_file()
+    assert (trial_model_dir(out, 0) / SavedModel.MANIFEST).is_file()
 
 
 # -- task.model: module:function -------------------------------------------------------------------------------------
@@ -146,7 +147,7 @@ def test_factory_model_runs_caches_and_predicts(assets: tuple[Path, Path], tmp_p
         assert len(submission) == 20 and set(submission["label"]) <= {"pos", "neg"}
         (run,) = _trials(folder / "out", "tiny")
         results[cache] = run
-        rows = {r["name"]: r for r in _artifact(folder / "out", run, "layer_groups.json")}
+        rows = {r["name"]: r for r in _artifact(folder / "out", run, Artifact.LAYER_GROUPS_JSON)}
         assert sorted(rows["head"]["unused"]) == sorted(POOLER)
         assert rows["layer.0"]["frozen"] and rows["head"]["modules"] == ["bert.pooler", "linear"]
     cached, direct = results["auto"], results["off"]
@@ -164,7 +165,7 @@ def test_plain_factory_model_falls_back_to_the_direct_forward(tmp_path: Path) ->
     assert main(["run", str(study), "--output", str(out), "--set", "training.cache=auto", "--set", "optuna.n_trials=1",
                  "--set", "training.epochs=2", "--set", "task.data.max_train_rows=64"]) == 0
     (run,) = _trials(out, "schedule-fc2")
-    assert run.data.tags["sweeps.status"] == "complete"
+    assert run.data.tags[Tag.STATUS] == "complete"
     assert int(run.data.tags.get("cache.served_batches", "0")) == 0
 
 
@@ -190,7 +191,7 @@ def test_schedule_fc2_study_freezes_fc2_for_three_epochs(tmp_path: Path) -> None
              "--set", "training.epochs=4"]
     submission = _run_report_predict(study, out, *small)
     assert len(submission) == 200 and set(submission["label"]) <= {"positive", "negative"}
-    runs = {r.data.tags["sweeps.strategy"]: r for r in _trials(out, "schedule-fc2")}
+    runs = {r.data.tags[Tag.STRATEGY]: r for r in _trials(out, "schedule-fc2")}
     schedule = runs["schedule"]
     trial = int(schedule.info.run_name.split("-")[1])
     total = sum(FC.values())
@@ -198,7 +199,7 @@ def test_schedule_fc2_study_freezes_fc2_for_three_epochs(tmp_path: Path) -> None
     epochs = _epochs(out, trial)
     assert all(e["lr/layer.1"] == 0.0 and e["lr/layer.0"] > 0 for e in epochs[:3])
     assert epochs[3]["lr/layer.1"] == epochs[3]["lr/layer.0"]  # one rate for all once fc2 joins
-    assert schedule.data.tags["frozen_params_verified"] == "true"
+    assert schedule.data.tags[Tag.FROZEN_VERIFIED] == "true"
     phases = schedule.data.params["strategy_params.phases"]
     assert isinstance(phases, str) and "fc2" in phases and "'epoch': 3" in phases
 
@@ -221,7 +222,7 @@ def test_fastai_fine_tune_study_searches_the_boundary(tmp_path: Path) -> None:
         # head only, then every group at the same (halved) multiplier
         assert epochs[0]["lr/layer.0"] == 0.0 and epochs[0]["lr/head"] > 0
         assert epochs[k]["lr/layer.0"] == epochs[k]["lr/head"]
-        assert run.data.tags["frozen_params_verified"] == "true"
+        assert run.data.tags[Tag.FROZEN_VERIFIED] == "true"
 
 
 # -- the study file ----------------------------------------------------------------------------------------------------

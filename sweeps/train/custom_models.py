@@ -26,11 +26,10 @@ from torch import nn
 
 from sweeps.config.model_fields import is_factory_ref
 from sweeps.errors import ModelLoadError
+from sweeps.records import SavedModel
 
-MANIFEST = "sweeps_model.json"
-"""The file beside a saved custom model's weights that says how to rebuild it."""
-
-WEIGHTS = "model.safetensors"
+MANIFEST = SavedModel.MANIFEST
+WEIGHTS = SavedModel.WEIGHTS
 
 
 @dataclass(frozen=True)
