@@ -10,7 +10,8 @@ from strategies.layers import LayerMap
 
 def describe(layer_map: LayerMap, plan: Plan) -> list[dict[str, Any]]:
     """One row per group: ``name``, ``num_params``, ``frozen``, ``lr_multiplier``, ``modules`` (a stable contract:
-    ``sweeps inspect --format json`` prints exactly this)."""
+    ``sweeps inspect --format json`` prints these, plus ``unused``/``unused_params`` for parameters without a
+    gradient)."""
     return [
         {
             "name": g.name,
@@ -32,7 +33,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         frozen = "yes" if r["frozen"] else "no"
         lines.append(f"{r['name']:<14}{r['num_params']:>12,}  {frozen:<7}{r['lr_multiplier']:>10.4g}  {mods}")
     total = sum(r["num_params"] for r in rows)
-    trainable = sum(r["num_params"] for r in rows if not r["frozen"])
+    # rows annotated with ``unused_params`` (parameters that never get a gradient) do not train those
+    trainable = sum(r["num_params"] - r.get("unused_params", 0) for r in rows if not r["frozen"])
     lines.append("-" * len(header))
     lines.append(f"trainable {trainable:,} of {total:,} parameters ({100.0 * trainable / max(total, 1):.1f}%)")
     return "\n".join(lines)

@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="strategy hyperparameter")
     inspect.add_argument("--epoch", type=int, default=0, help="plan at this epoch (gradual unfreezing)")
     inspect.add_argument("--format", choices=["table", "json"], default="table")
+    inspect.add_argument(
+        "--num-labels", type=int, default=None, help="head size (default: the checkpoint's config.id2label)"
+    )
 
     sub.add_parser("list-strategies", help="built-in, registered and entry-point strategies with their parameters")
 
@@ -401,9 +404,12 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     _setup_logging(None, True, args.verbose)
+    import torch
+
     from strategies import describe, discover_layers, format_table
     from sweeps.train import check_strategy, layer_spec
-    from sweeps.train.models import load_classifier, resolve_model
+    from sweeps.train.inspect_model import inspect_model, probe_batch
+    from sweeps.train.unused import annotate_unused, probe_unused, unused_text
 
     spec = None
     model_ref, base = args.model, None
@@ -412,16 +418,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
         spec = load_spec(args.model)
         model_ref, base = spec.task.model, spec.base_dir
-    source = resolve_model(model_ref, base)
-    model = load_classifier(source, ["0", "1"])
+    model, location, tokenizer = inspect_model(model_ref, spec, base, args.num_labels)
     layer_map = discover_layers(model, layer_spec(spec) if spec else None)
     strategy = check_strategy(args.strategy, _parse_params(args.param), layer_map)
-    rows = describe(layer_map, strategy.plan(layer_map, args.epoch, 0))
+    unused = probe_unused(model, probe_batch(tokenizer), torch.device("cpu")) if tokenizer is not None else set()
+    rows = annotate_unused(describe(layer_map, strategy.plan(layer_map, args.epoch, 0)), layer_map, unused)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     else:
-        print(f"{source.location} — {layer_map.source}")
+        print(f"{location} — {layer_map.source}")
         print(format_table(rows))
+        if note := unused_text(rows):
+            print(note)
     return EXIT_OK
 
 

@@ -3,7 +3,9 @@
 The study runner keeps the best trial's model at ``<out>/models/trial_<n>/`` (with cross-validation one model per
 fold under ``fold_<k>/``) and points at it from ``<out>/models/best.json``. :func:`load_best` reloads that folder with
 the plain ``transformers`` Auto classes (the saved folders are ordinary ``save_pretrained`` checkpoints, readable
-without freeze-sweeps); :func:`predict_proba` averages the class probabilities of the fold models;
+without freeze-sweeps) — or, for a factory / ``task.head`` model, rebuilds it with the same code and loads its
+``state_dict`` (:mod:`sweeps.train.custom_models`); :func:`predict_proba` averages the class probabilities of the
+fold models;
 :func:`predict_submission` reads the test file with :func:`sweeps.data.read_test` (the same readers and checks as
 training)
 and writes ``submission.csv``: the id column plus the predicted label (original label names) or one probability
@@ -22,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sweeps.data import read_test
+from sweeps.data.batch import logits_of
 from sweeps.errors import DataError, ModelLoadError, SweepsError
 from sweeps.records import best_model_pointer, models_dir, trial_model_dir
+from sweeps.train.custom_models import is_saved_custom, load_saved
 
 if TYPE_CHECKING:
     from sweeps.config import StudySpec
@@ -135,7 +139,7 @@ def load_model_folder(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folders = _model_folders(folder) if folder.is_dir() else []
-    missing = [f for f in folders if not (f / "config.json").is_file()]
+    missing = [f for f in folders if not ((f / "config.json").is_file() or is_saved_custom(f))]
     if not folders or missing:
         raise SweepsError(
             f"{folder.parent.parent}: {what or f'trial {trial}'} has no saved model at "
@@ -149,11 +153,14 @@ def load_model_folder(
         raise ModelLoadError(f"{folders[0]}: cannot load the saved tokenizer: {type(exc).__name__}: {exc}") from exc
     models, label_names = [], None
     for f in folders:
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(str(f))
-        except Exception as exc:
-            raise ModelLoadError(f"{f}: cannot load the saved model: {type(exc).__name__}: {exc}") from exc
-        names = _label_names(model.config, f)
+        if is_saved_custom(f):  # a factory or task.head model: rebuilt by the same code, weights from its state_dict
+            model, names = load_saved(f)
+        else:
+            try:
+                model = AutoModelForSequenceClassification.from_pretrained(str(f))
+            except Exception as exc:
+                raise ModelLoadError(f"{f}: cannot load the saved model: {type(exc).__name__}: {exc}") from exc
+            names = _label_names(model.config, f)
         if label_names is not None and names != label_names:
             raise ModelLoadError(f"{f}: labels {names} differ from the other fold models' {label_names}")
         label_names = names
@@ -224,7 +231,7 @@ def predict_proba(
             encoded = {k: v.to(device) for k, v in encoded.items() if k in inputs}
             total = None
             for model in best.models:
-                p = torch.softmax(model(**encoded).logits.float(), dim=-1)
+                p = torch.softmax(logits_of(model(**encoded)).float(), dim=-1)
                 total = p if total is None else total + p
             assert total is not None
             probs[idx] = (total / len(best.models)).cpu().numpy()

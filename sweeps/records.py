@@ -103,6 +103,13 @@ def trial_model_dir(out: Path, number: int) -> Path:
     return models_dir(out) / f"trial_{number}"
 
 
+class SavedModel:
+    """Files of a saved factory / ``task.head`` model (rebuilt by :mod:`sweeps.train.custom_models`)."""
+
+    MANIFEST = "sweeps_model.json"  # how to rebuild it: the factory or the head, and the labels
+    WEIGHTS = "model.safetensors"  # its state_dict
+
+
 def best_model_pointer(out: Path) -> Path:
     """``best.json``: which trial's model is the best one (written by the runner, read by ``predict``)."""
     return models_dir(out) / "best.json"

@@ -862,6 +862,7 @@ def test_reference_documents_every_field() -> None:
     models = [
         spec_module.StudySpec,
         spec_module.TaskConfig,
+        spec_module.HeadConfig,
         spec_module.DataConfig,
         spec_module.CVConfig,
         spec_module.LayersConfig,

@@ -38,7 +38,7 @@ from sweeps.cache.store import (
     load_entry,
     remove_stale_tmp,
 )
-from sweeps.data.batch import model_inputs
+from sweeps.data.batch import logits_of, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +180,11 @@ class CachedPrefixForward:
                 self._warned.add(reason)
                 log.warning("activation cache: direct forward for split %r: %s", split, reason)
             self.stats["direct_batches"] += 1
-            return model(**model_inputs(batch)).logits
+            return logits_of(model(**model_inputs(batch)))
         state = self._state(model, split, batch)
         if state.disabled is not None:
             self.stats["direct_batches"] += 1
-            return model(**model_inputs(batch)).logits
+            return logits_of(model(**model_inputs(batch)))
         mask = self._mask(batch)
         ids = batch["example_id"].detach().cpu().numpy().astype(np.int64)
         lengths = mask.sum(dim=1).cpu().numpy().astype(np.int64)
@@ -399,7 +399,7 @@ class CachedPrefixForward:
             serve_rows = state.serve.lookup(ids, lengths, fps)
             if serve_rows is None:
                 self._note_fallback(split, "examples missing from the cache or with different tokens (split key?)")
-                return model(**model_inputs(batch)).logits
+                return logits_of(model(**model_inputs(batch)))
         capture_rows = None
         if capture is not None:
             capture.staged = {}  # a forward that raised earlier must not leave half a batch behind
@@ -412,7 +412,7 @@ class CachedPrefixForward:
             cached.requires_grad_(True)
         with self._patched(model, state, cached, live_from, capture if capture_rows is not None else None,
                            capture_rows, mask, leaf_grad):
-            out = model(**model_inputs(batch)).logits
+            out = logits_of(model(**model_inputs(batch)))
         if capture is not None and capture_rows is not None:
             keep = rows_new
             capture.commit(ids[keep], lengths[keep], fps[keep])

@@ -80,7 +80,12 @@ def model_fingerprint(model: nn.Module) -> str:
         }
         fields["_attn_implementation"] = getattr(config, "_attn_implementation", None)
     dtypes = sorted({str(p.dtype) for p in model.parameters()})
-    text = json.dumps({"class": type(model).__name__, "config": fields, "dtypes": dtypes}, sort_keys=True, default=str)
+    # a factory model's recipe (factory + source hash, or the declared head): its class name alone is not enough
+    payload: dict[str, Any] = {"class": type(model).__name__, "config": fields, "dtypes": dtypes}
+    recipe = getattr(model, "_sweeps_recipe", None)
+    if recipe is not None:  # only then: the keys of checkpoint models stay what they were
+        payload["recipe"] = recipe
+    text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -7,6 +7,7 @@ later stage reads the resolved spec and never re-derives a default.
 """
 
 from sweeps.config.load import load_spec, parse_spec
+from sweeps.config.model_fields import HeadConfig
 from sweeps.config.overrides import apply_overrides
 from sweeps.config.schema import (
     ConfirmConfig,
@@ -30,6 +31,7 @@ __all__ = [
     "ConfirmConfig",
     "DataConfig",
     "FloatSpace",
+    "HeadConfig",
     "IntSpace",
     "LayersConfig",
     "Objective",

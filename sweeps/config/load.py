@@ -96,6 +96,7 @@ def parse_spec(
 
 
 def _check_task(spec: StudySpec) -> None:
+    _check_model_fields(spec)
     data = spec.task.data
     if data.source == "hub":
         if not data.hub_id:
@@ -122,6 +123,22 @@ def _check_task(spec: StudySpec) -> None:
         if column in seen:
             raise SpecError(f"task.data.{key}", f"column {column!r} is already used as {seen[column]}")
         seen[column] = key
+
+
+def _check_model_fields(spec: StudySpec) -> None:
+    """A factory brings its own head and cannot name a tokenizer; a head needs a checkpoint's encoder."""
+    task = spec.task
+    if task.is_factory:
+        if task.tokenizer is None:
+            raise SpecError(
+                "task.tokenizer",
+                f"is required when task.model is a factory ({task.model!r}): a hub id, a local folder or "
+                "'package:<name>' whose tokenizer turns the texts into the factory model's input_ids",
+            )
+        if task.head is not None:
+            raise SpecError("task.head", "builds a head on a checkpoint's encoder; a factory model has its own head")
+        if task.revision is not None:
+            raise SpecError("task.revision", "is a hub revision of task.model; a factory has none")
 
 
 def _check_training(spec: StudySpec) -> None:

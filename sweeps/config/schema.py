@@ -28,6 +28,7 @@ from sweeps.config.fields import (
     _Model,
     _yaml_float,
 )
+from sweeps.config.model_fields import HeadConfig, is_factory_ref
 from sweeps.config.secrets import _mask_tree
 from sweeps.config.spaces import (
     ParamValue,
@@ -127,6 +128,8 @@ class TaskConfig(_Model):
     """``task``: what is fine-tuned on what, and which metric is optimised."""
 
     model: Annotated[str, Field(min_length=1)]
+    tokenizer: Annotated[str, Field(min_length=1)] | None = None
+    head: HeadConfig | None = None
     revision: str | None = None
     max_length: Annotated[int, Ge(8), Le(8192)] = 128
     metric: Literal[QUALITY_METRICS] = "accuracy"
@@ -139,6 +142,19 @@ class TaskConfig(_Model):
         if model.startswith("package:") and not _PACKAGE_RE.match(model.split(":", 1)[1]):
             raise ValueError(f"'package:' must be followed by an importable package name, got {model!r}")
         return model
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _check_tokenizer(cls, tokenizer: str | None) -> str | None:
+        package = tokenizer.split(":", 1)[1] if tokenizer and tokenizer.startswith("package:") else None
+        if package is not None and not _PACKAGE_RE.match(package):
+            raise ValueError(f"'package:' must be followed by an importable package name, got {tokenizer!r}")
+        return tokenizer
+
+    @property
+    def is_factory(self) -> bool:
+        """``model`` names a ``module:function`` factory (see :mod:`sweeps.train.custom_models`)."""
+        return is_factory_ref(self.model)
 
     @property
     def direction(self) -> str:
@@ -442,6 +458,9 @@ class StudySpec(_Model):
             payload: Any = {
                 "model": task.model,
                 "revision": task.revision,
+                # only when set, so studies written before these fields keep their fingerprint (and stay resumable)
+                **({"tokenizer": task.tokenizer} if task.tokenizer else {}),
+                **({"head": task.head.model_dump(mode="json")} if task.head else {}),
                 "max_length": task.max_length,
                 "metric": task.metric,
                 "data": data,

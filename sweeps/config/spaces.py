@@ -103,11 +103,28 @@ def _search_tag(value: Any) -> str | None:
     return "value"
 
 
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    """A scalar, or lists/mappings (string keys) of plain values, a few levels deep: what JSON, Optuna user
+    attributes and an MLflow param string can all hold (``schedule``'s ``phases`` is a list of mappings)."""
+    if _is_scalar(value):
+        return True
+    if depth >= 4:
+        return False
+    if isinstance(value, list):
+        return all(_is_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
 def _plain_value(value: Any) -> Any:
-    """A fixed strategy hyperparameter: a scalar or a list of scalars, so it can be logged and compared."""
-    if _is_scalar(value) or (isinstance(value, list) and all(_is_scalar(v) for v in value)):
+    """A fixed strategy hyperparameter: a scalar, a list of scalars, or a list of mappings of those (``phases``), so
+    it can be logged and compared."""
+    if _is_plain(value) and not isinstance(value, dict):
         return value
-    raise ValueError(f"must be a string, number, boolean, null or a list of those, got {_describe(value)}")
+    raise ValueError(
+        f"must be a string, number, boolean, null, a list of those or a list of mappings, got {_describe(value)}"
+    )
 
 
 def _searchable(value_type: Any) -> Any:

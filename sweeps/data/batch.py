@@ -45,3 +45,16 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The keys of a collated batch that the model's forward takes (labels and example ids stay out)."""
     return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The forward contract's two shapes: a tensor of logits, or an object with ``.logits`` (a ``ModelOutput``)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise TypeError(
+        f"the model returned a {type(output).__name__}; the forward contract is logits (batch, num_labels) or an "
+        "object with .logits"
+    )

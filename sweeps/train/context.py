@@ -16,6 +16,7 @@ from sweeps.config import DataConfig, StudySpec
 from sweeps.data import TaskData, load_task_data, make_collator, tokenization_key, tokenize_split
 from sweeps.errors import SpecError
 from sweeps.records import tokenized_cache_dir
+from sweeps.train.custom_models import FactorySource, build_custom, is_custom, resolve_factory, save_custom
 from sweeps.train.models import ModelSource, load_classifier, load_tokenizer, resolve_model
 
 
@@ -60,22 +61,23 @@ class StudyContext:
     device: torch.device
     data: TaskData
     tokenizer: Any
-    model_source: ModelSource
+    model_source: ModelSource | FactorySource
     tokenized: dict[str, Any]  # split name -> tokenized datasets.Dataset
     split_keys: dict[str, str]  # split name -> tokenization cache key (used by the activation cache)
     collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
 
     @classmethod
     def prepare(cls, spec: StudySpec, output: Path, dataframe: Any = None) -> StudyContext:
-
         device = resolve_device(spec.training.device)
         if spec.training.num_threads:
             torch.set_num_threads(spec.training.num_threads)
         data = load_task_data(
             resolved_data_config(spec), dataframe=dataframe, carve_validation=not spec.task.cv.enabled
         )
-        source = resolve_model(spec.task.model, spec.base_dir, spec.task.revision)
-        tokenizer = load_tokenizer(source)
+        source = model_source(spec)
+        tokenizer = load_tokenizer(
+            resolve_model(spec.task.tokenizer, spec.base_dir) if spec.task.tokenizer else source
+        )
         cache_dir = tokenized_cache_dir(output)
         tokenized, keys = {}, {}
         for split in ("train", "validation", "test"):
@@ -87,4 +89,22 @@ class StudyContext:
         return cls(spec, output, device, data, tokenizer, source, tokenized, keys, make_collator(tokenizer))
 
     def build_model(self) -> torch.nn.Module:
+        if is_custom(self.spec):
+            return build_custom(self.spec, self.model_source, self.data.label_names).to(self.device)
         return load_classifier(self.model_source, self.data.label_names).to(self.device)
+
+    def save_model(self, model: torch.nn.Module, folder: Path) -> None:
+        """The trained model and its tokenizer, reloadable by ``predict``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        if is_custom(self.spec):
+            save_custom(model, folder, self.spec, self.model_source, self.data.label_names)
+        else:
+            model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+
+def model_source(spec: StudySpec) -> ModelSource | FactorySource:
+    """Where ``task.model`` comes from: a factory (imported now, so a typo fails before trial 0) or a checkpoint."""
+    if spec.task.is_factory:
+        return resolve_factory(spec.task.model, spec.base_dir)
+    return resolve_model(spec.task.model, spec.base_dir, spec.task.revision)

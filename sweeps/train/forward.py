@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from sweeps.data.batch import model_inputs
+from sweeps.data.batch import logits_of, model_inputs
 
 
 class ForwardRunner(Protocol):
@@ -38,7 +38,7 @@ class DirectForward:
         self.depth = depth
 
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
-        return model(**model_inputs(batch)).logits
+        return logits_of(model(**model_inputs(batch)))
 
     def close(self) -> None:
         pass

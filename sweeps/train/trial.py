@@ -11,6 +11,7 @@ returns a reason: it then returns :class:`Stopped`. It never decides on pruning 
 from __future__ import annotations
 
 import gc
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +41,9 @@ from sweeps.train.context import StudyContext, layer_spec
 from sweeps.train.forward import DirectForward, ForwardRunner
 from sweeps.train.loop import EpochObserver, EpochResult, LoopConfig, LoopResult, TrainingLoop
 from sweeps.train.memory import PeakMemory
+from sweeps.train.unused import annotate_unused, probe_unused, unused_text
+
+log = logging.getLogger(__name__)
 
 
 class TrialObserver(EpochObserver, Protocol):
@@ -132,9 +136,19 @@ def train_once(
     set_seed(training.seed)
     model = ctx.build_model()
     layer_map = discover_layers(model, layer_spec(ctx.spec))
-    strategy = with_head_scale(check_strategy(strategy_name, strategy_params, layer_map), training.head_lr_scale)
+    names = ctx.spec.strategy_names
+    strategy = check_strategy(
+        strategy_name, strategy_params, layer_map, index=names.index(strategy_name) if strategy_name in names else None
+    )
+    strategy = with_head_scale(strategy, training.head_lr_scale)
     if training.gradient_checkpointing:
+        if not hasattr(model, "gradient_checkpointing_enable"):
+            raise SpecError("training.gradient_checkpointing", f"{type(model).__name__} cannot checkpoint its blocks")
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    train_loader = _loader(ctx, train_ds, training.batch_size, True, training.seed, training.group_by_length)
+    eval_loader = _loader(ctx, eval_ds, training.eval_batch_size, False, training.seed, False)
+    # the eval loader, not the train loader: drawing a batch from the shuffled loader would move its generator
+    unused = probe_unused(model, next(iter(eval_loader)), ctx.device)
     optimizer_kwargs: dict[str, Any] = {}
     if training.optimizer == "sgd":
         optimizer_kwargs["momentum"] = training.momentum
@@ -148,10 +162,14 @@ def train_once(
         train_bn=training.train_bn,
         # only checkpointed blocks need their input to require grad; otherwise it would cost an input gradient
         trainable_input=training.gradient_checkpointing,
+        exclude=unused,
     )
     initial_plan = strategy.plan(layer_map, 0, 0)
-    table = describe(layer_map, initial_plan)
+    table = annotate_unused(describe(layer_map, initial_plan), layer_map, unused)
     table_text = f"layer map: {layer_map.source}\nstrategy: {strategy_name} {strategy.params()}\n" + format_table(table)
+    if note := unused_text(table):
+        log.info(note)
+        table_text += "\n" + note
     runner = _make_runner(ctx, layer_map, training, keys, train_ds, eval_ds)
     memory = PeakMemory(ctx.device)
     loop_config = LoopConfig(
@@ -169,8 +187,6 @@ def train_once(
         divergence_factor=training.divergence_factor,
         group_by_length=training.group_by_length,
     )
-    train_loader = _loader(ctx, train_ds, training.batch_size, True, training.seed, training.group_by_length)
-    eval_loader = _loader(ctx, eval_ds, training.eval_batch_size, False, training.seed, False)
     loop = TrainingLoop(
         model,
         layer_map,
@@ -193,9 +209,7 @@ def train_once(
         controller.require_verified()
         stats = dict(getattr(runner, "stats", {}) or {})
         if save_to is not None:
-            save_to.mkdir(parents=True, exist_ok=True)
-            model.save_pretrained(save_to)
-            ctx.tokenizer.save_pretrained(save_to)
+            ctx.save_model(model, save_to)
         return result, verified, table, table_text, stats
     finally:
         memory.close()
