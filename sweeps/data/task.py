@@ -20,8 +20,10 @@ import datasets
 import numpy as np
 import pandas as pd
 
+from sweeps.data.images import image_column
 from sweeps.data.normalise import (
     _carve_validation,
+    _has_images,
     _label_keys,
     _label_mapping,
     _map_labels,
@@ -53,6 +55,7 @@ class DataConfig(Protocol):
     hub_config: str | None
     text_column: str
     text_pair_column: str | None
+    image_column: str | None
     label_column: str
     id_column: str | None
     validation_fraction: float | None
@@ -69,7 +72,8 @@ class TaskData:
     ``label_names``), ``example_id`` (0..n-1 within the split) and ``id`` when an id column was configured and
     present (ids read from CSV/TSV stay strings, so leading zeros survive into a submission file; ints from a
     DataFrame, JSON or Parquet stay ints). ``test`` has the same columns without ``label`` (it is for predictions), or
-    is ``None``.
+    is ``None``. Image tasks have ``image`` (``datasets.Image(decode=False)`` references) and ``image_digest``
+    instead of ``text`` (see :mod:`sweeps.data.images`).
     """
 
     train: datasets.Dataset
@@ -86,12 +90,15 @@ class TaskData:
 
 
 def split_fingerprint(ds: datasets.Dataset) -> str:
-    """A stable content hash of a normalised split (text, text_pair, label, example_id, id), for cache keys.
+    """A stable content hash of a normalised split (text, text_pair or image digest, label, example_id, id), for
+    cache keys.
 
     Content-based rather than datasets' own ``_fingerprint`` (which depends on file paths and transform history), so
     the same rows give the same key in every process and from every source.
     """
-    columns = [c for c in ("text", "text_pair", "label", "labels", "example_id", "id") if c in ds.column_names]
+    columns = [
+        c for c in ("text", "text_pair", "image_digest", "label", "labels", "example_id", "id") if c in ds.column_names
+    ]
     digest = hashlib.sha256(f"{_FORMAT_VERSION}|{len(ds)}|{','.join(columns)}".encode())
     if columns:
         frame = ds.select_columns(columns).to_pandas()
@@ -132,7 +139,10 @@ def load_task_data(
     for raw, split in ((train_raw, "train"), (val_raw, "validation"), (test_raw, "test")):
         if raw is None:
             continue
-        _require_column(raw, text_column, "text_column")
+        if _has_images(cfg):
+            _require_column(raw, image_column(cfg), "image_column")
+        else:
+            _require_column(raw, text_column, "text_column")
         if split != "test":
             _require_column(raw, label_column, "label_column")
 
@@ -171,7 +181,12 @@ def load_task_data(
     split_fps = {name: split_fingerprint(ds) for name, ds in splits.items()}
     config = {
         "version": _FORMAT_VERSION,
-        "columns": [text_column, _get(cfg, "text_pair_column"), label_column, _get(cfg, "id_column")],
+        "columns": [
+            image_column(cfg) if _has_images(cfg) else text_column,
+            _get(cfg, "text_pair_column"),
+            label_column,
+            _get(cfg, "id_column"),
+        ],
         "limits": [_get(cfg, "max_train_rows"), _get(cfg, "max_eval_rows"), _get(cfg, "validation_fraction")],
         "seed": seed,
         "labels": label_names,
