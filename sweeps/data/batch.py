@@ -55,7 +55,7 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int) -> 
     return [int(i) for i in get_length_grouped_indices(list(lengths), batch_size, generator=generator)]
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
