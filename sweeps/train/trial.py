@@ -100,7 +100,7 @@ def image_cache_reason(augment: bool) -> str:
     store format. Direct is always correct; with augmentation on it would be required anyway (a training image
     differs every epoch, so there is no fixed prefix output to reuse)."""
     if augment:
-        return "task.data.augment is on: training images differ every epoch, the frozen prefix's output cannot be reused"
+        return "task.data.augment is on: training images differ every epoch, a frozen prefix's output is not reusable"
     return "image model: the activation cache stores token sequences, not feature maps; direct forward"
 
 
