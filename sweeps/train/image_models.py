@@ -79,6 +79,13 @@ def load_image_processor(source: ModelSource) -> Any:
         raise _hub_hint(source, exc) from exc
 
 
+def load_saved_image_processor(folder: str) -> Any:
+    """A saved study model's image processor (``predict``), with the same backend choice as in training."""
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(folder, backend=None if _torchvision_works() else "pil")
+
+
 def _torchvision_works() -> bool:
     if importlib.util.find_spec("torchvision") is None:
         return False
