@@ -9,13 +9,10 @@ else; keeping the vision side here keeps the text loader small. Which side a stu
 from __future__ import annotations
 
 import importlib.util
-import logging
 from typing import Any
 
 from sweeps.errors import ModelLoadError
 from sweeps.train.models import ModelSource, _hub_hint
-
-log = logging.getLogger(__name__)
 
 TIMM_PREFIX = "timm:"
 
