@@ -306,6 +306,7 @@ def test_image_study_through_the_cli(shapes: Path, tmp_path: Path, capsys: pytes
     for run in trials:
         assert run.data.tags["frozen_params_verified"] == "true"
         assert {"accuracy", "f1_macro", "eval_loss", "peak_memory_mb", "lr/head"} <= set(run.data.metrics)
+        assert run.data.tags["cache.mode"] == "direct" and "token sequences" in run.data.tags["cache.reason"]
 
     assert main(["report", str(study), "--output", str(out)]) == 0
     assert (out / "report" / "index.html").is_file()
