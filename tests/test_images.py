@@ -291,11 +291,15 @@ def test_cross_validation_on_images(shapes: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_image_study_through_the_cli(shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    import optuna
     from mlflow.tracking import MlflowClient
 
     from sweeps import api
     from sweeps.cli import main
 
+    shapes = Path(shutil.copytree(shapes, tmp_path / "shapes"))  # this test damages an image at the end
     study = _study(shapes, tmp_path)
     out = tmp_path / "out"
     assert main(["run", str(study), "--output", str(out), "--no-report"]) == 0
@@ -330,6 +334,16 @@ def test_image_study_through_the_cli(shapes: Path, tmp_path: Path, capsys: pytes
     assert frame["prediction"].tolist() == [by_id[i] for i in sorted(submission["id"])]
     info = json.loads((out / "models" / "best.json").read_text())
     assert (out / "models" / info.get("path", f"trial_{info['trial']}") / "preprocessor_config.json").is_file()
+
+    # a damaged image found on resume: a clear error naming the file, and the completed trials are all still there
+    damaged = sorted((shapes / "train" / "square").glob("*.png"))[2]
+    damaged.write_bytes(b"\x89PNG truncated")
+    capsys.readouterr()
+    assert main(["run", str(study), "--output", str(out), "--no-report", "--set", "optuna.n_trials=3"]) != 0
+    error = capsys.readouterr().err
+    assert str(damaged) in error and "not a readable image" in error
+    stored = optuna.load_study(study_name="shapes", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert [t.state for t in stored.trials] == [optuna.trial.TrialState.COMPLETE] * 2
 
 
 def test_inspect_shows_an_image_model_s_groups(shapes: Path, capsys: pytest.CaptureFixture[str]) -> None:
