@@ -18,12 +18,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sweeps.data import read_test
 from sweeps.errors import DataError, ModelLoadError, SweepsError
+from sweeps.records import best_model_pointer, models_dir, trial_model_dir
+
+if TYPE_CHECKING:
+    from sweeps.config import StudySpec
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +103,7 @@ def load_best(out: str | Path, *, device: Any = None, max_length: int | None = N
     out = Path(out)
     if not out.is_dir():
         raise SweepsError(f"study folder {out} does not exist: run the study first (python -m sweeps run <study.yaml>)")
-    pointer = out / "models" / "best.json"
+    pointer = best_model_pointer(out)
     if not pointer.is_file():
         raise SweepsError(
             f"{out}: no best model yet ({pointer} is missing): the study has no completed trial. "
@@ -110,7 +114,7 @@ def load_best(out: str | Path, *, device: Any = None, max_length: int | None = N
         trial = int(info["trial"])
     except (ValueError, KeyError, TypeError) as exc:
         raise SweepsError(f"{pointer}: unreadable best-model pointer ({type(exc).__name__}: {exc})") from exc
-    folder = out / "models" / str(info.get("path") or f"trial_{trial}")
+    folder = models_dir(out) / str(info.get("path") or trial_model_dir(out, trial).name)
     folders = _model_folders(folder) if folder.is_dir() else []
     missing = [f for f in folders if not (f / "config.json").is_file()]
     if not folders or missing:
@@ -283,7 +287,7 @@ def predict_labels(best: BestModel, probs: np.ndarray) -> list[str]:
 
 
 def predict_submission(
-    spec: Any,
+    spec: StudySpec,
     out: str | Path,
     test: str | Path | None = None,
     out_path: str | Path | None = None,
@@ -299,9 +303,9 @@ def predict_submission(
     images = spec.task.data.has_images or spec.task.modality == "image" or (saved is not None and saved_is_image(saved))
     # data problems first: they are cheaper to find than loading models
     ds, id_name = read_test(spec, test, images=images)
-    device = spec.training.device if getattr(spec.training, "device", "auto") != "auto" else None
+    device = spec.training.device if spec.training.device != "auto" else None
     best = load_best(out, device=device, max_length=spec.task.max_length)
-    batch_size = int(getattr(spec.training, "eval_batch_size", 64))
+    batch_size = spec.training.eval_batch_size
     if best.modality == "image":
         if "image" not in ds.column_names:
             raise DataError("predict: the best model is an image classifier; set task.data.image_column or modality")
@@ -315,7 +319,7 @@ def predict_submission(
         for j, name in enumerate(best.label_names):
             frame[name if name != id_name else f"{name}_proba"] = probs[:, j]
     else:
-        label_name = spec.task.data.label_column or "label"
+        label_name = spec.task.data.label_column
         frame[label_name if label_name != id_name else "label"] = predict_labels(best, probs)
     target = Path(out_path) if out_path is not None else out / "submission.csv"
     target.parent.mkdir(parents=True, exist_ok=True)

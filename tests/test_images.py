@@ -249,7 +249,7 @@ def test_frozen_batchnorm_statistics_stay_bit_identical(shapes: Path, tmp_path: 
     spec = load_spec(_study(shapes, tmp_path))
     ctx = StudyContext.prepare(spec, tmp_path / "out")
     assert ctx.modality == "image"
-    training = spec.training.model_dump()  # nothing searched: the study file's values
+    training = spec.training  # nothing searched: the study file's values
     result, verified, _, _, stats = train_once(
         ctx, "bottom_n", {"n": 1}, training, ctx.tokenized["train"], ctx.tokenized["validation"],
         {"train": ctx.split_keys["train"], "eval": ctx.split_keys["validation"]}, save_to=tmp_path / "saved")
@@ -279,7 +279,7 @@ def test_cross_validation_on_images(shapes: Path, tmp_path: Path) -> None:
 
     spec = load_spec(_study(shapes, tmp_path), overrides=["task.cv.folds=2", "task.data.validation=null"])
     ctx = StudyContext.prepare(spec, tmp_path / "out")
-    training = spec.training.model_dump()
+    training = spec.training
     outcome = run_trial(ctx, "none", {}, training)
     assert len(outcome.fold_metrics) == 2
     assert outcome.eval_probs.shape == (len(ctx.tokenized["train"]), 3)

@@ -12,6 +12,7 @@ import datasets
 import numpy as np
 import pandas as pd
 
+from sweeps.config import DataConfig
 from sweeps.data.read import _get, _Raw
 from sweeps.errors import DataError
 
@@ -131,12 +132,12 @@ def _map_labels(raw: _Raw, keys: list[Any], mapping: dict[Any, int], train_is_in
     return ids
 
 
-def _has_images(cfg: Any) -> bool:
+def _has_images(cfg: DataConfig) -> bool:
     """Image examples: an ``image_column`` or an imagefolder source (``task.modality: image`` sets the column)."""
     return bool(_get(cfg, "image_column")) or _get(cfg, "source") == "imagefolder"
 
 
-def _normalise(raw: _Raw, cfg: Any, labels: list[int] | None, *, require_id: bool) -> pd.DataFrame:
+def _normalise(raw: _Raw, cfg: DataConfig, labels: list[int] | None, *, require_id: bool) -> pd.DataFrame:
     """The normalised frame of one split (labels already mapped to ids, or ``None`` for test)."""
     text_column = _get(cfg, "text_column", "text")
     pair_column = _get(cfg, "text_pair_column")

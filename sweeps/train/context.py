@@ -12,8 +12,13 @@ from typing import Any
 import torch
 
 from strategies import LayerSpec
-from sweeps.data import load_task_data, make_collator, tokenization_key, tokenize_split
+from sweeps.config import DataConfig, StudySpec
+from sweeps.data import TaskData, load_task_data, make_collator, tokenization_key, tokenize_split
+from sweeps.data.images import ImageCollator, image_split_key
 from sweeps.errors import SpecError
+from sweeps.records import tokenized_cache_dir
+from sweeps.train.image_models import load_image_processor, resolve_modality
+from sweeps.train.models import ModelSource, load_classifier, load_tokenizer, resolve_model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -25,9 +30,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def layer_spec(spec: Any) -> LayerSpec | None:
+def layer_spec(spec: StudySpec | None) -> LayerSpec | None:
     """The study file's ``layers:`` section as a :class:`LayerSpec` (None: discover)."""
-    section = getattr(spec, "layers", None)
+    section = spec.layers if spec is not None else None
     if section is None:
         return None
     return LayerSpec(
@@ -38,7 +43,7 @@ def layer_spec(spec: Any) -> LayerSpec | None:
     )
 
 
-def resolved_data_config(spec: Any) -> Any:
+def resolved_data_config(spec: StudySpec) -> DataConfig:
     """``task.data`` with file locations made absolute against the study file's folder (hub splits stay names), so
     a study runs the same from any working directory."""
     cfg = spec.task.data
@@ -57,12 +62,12 @@ class StudyContext:
     per batch by the collator) and ``split_keys`` are :func:`sweeps.data.images.image_split_key`.
     """
 
-    spec: Any
+    spec: StudySpec
     output: Path
     device: torch.device
-    data: Any  # sweeps.data.TaskData
+    data: TaskData
     tokenizer: Any
-    model_source: Any  # sweeps.train.models.ModelSource
+    model_source: ModelSource
     tokenized: dict[str, Any]  # split name -> tokenized datasets.Dataset
     split_keys: dict[str, str]  # split name -> tokenization cache key (used by the activation cache)
     collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
@@ -70,10 +75,7 @@ class StudyContext:
     augment: bool = False  # task.data.augment: training batches of an image task are augmented
 
     @classmethod
-    def prepare(cls, spec: Any, output: Path, dataframe: Any = None) -> StudyContext:
-        from sweeps.train.image_models import resolve_modality
-        from sweeps.train.models import load_tokenizer, resolve_model
-
+    def prepare(cls, spec: StudySpec, output: Path, dataframe: Any = None) -> StudyContext:
         device = resolve_device(spec.training.device)
         if spec.training.num_threads:
             torch.set_num_threads(spec.training.num_threads)
@@ -86,7 +88,7 @@ class StudyContext:
         if modality == "image":
             return cls._prepare_images(spec, output, device, data, source)
         tokenizer = load_tokenizer(source)
-        cache_dir = output / "cache" / "tokenized"
+        cache_dir = tokenized_cache_dir(output)
         tokenized, keys = {}, {}
         for split in ("train", "validation", "test"):
             ds = getattr(data, split)
@@ -97,10 +99,9 @@ class StudyContext:
         return cls(spec, output, device, data, tokenizer, source, tokenized, keys, make_collator(tokenizer))
 
     @classmethod
-    def _prepare_images(cls, spec: Any, output: Path, device: torch.device, data: Any, source: Any) -> StudyContext:
-        from sweeps.data.images import ImageCollator, image_split_key
-        from sweeps.train.image_models import load_image_processor
-
+    def _prepare_images(
+        cls, spec: StudySpec, output: Path, device: torch.device, data: TaskData, source: ModelSource
+    ) -> StudyContext:
         processor = load_image_processor(source)
         splits, keys = {}, {}
         for split in ("train", "validation", "test"):
@@ -118,12 +119,8 @@ class StudyContext:
         """The collate function of a loader: a fresh augmenting one (seeded per trial) for training batches of an
         image task with ``task.data.augment``, else the shared deterministic one."""
         if train and self.augment:
-            from sweeps.data.images import ImageCollator
-
             return ImageCollator(self.tokenizer, augment=True, seed=seed)
         return self.collator
 
     def build_model(self) -> torch.nn.Module:
-        from sweeps.train.models import load_classifier
-
         return load_classifier(self.model_source, self.data.label_names).to(self.device)
