@@ -265,11 +265,23 @@ def test_frozen_batchnorm_statistics_stay_bit_identical(shapes: Path, tmp_path: 
     assert any(not torch.equal(after[k], v) for k, v in trained.items())  # the trainable stage's statistics moved
 
 
-def test_augmentation_turns_the_cache_off_with_the_reason(shapes: Path, tmp_path: Path) -> None:
-    from sweeps.train.trial import image_cache_reason
+def test_augmentation_is_for_training_batches_only_and_turns_the_cache_off(shapes: Path, tmp_path: Path) -> None:
+    from strategies import discover_layers
+    from sweeps.config import load_spec
+    from sweeps.train import StudyContext
+    from sweeps.train.trial import _loader, _make_runner
 
-    assert "augment" in image_cache_reason(True)
-    assert "augment" not in image_cache_reason(False)
+    spec = load_spec(_study(shapes, tmp_path), overrides=["task.data.augment=true"])
+    ctx = StudyContext.prepare(spec, tmp_path / "out")
+    train, validation = ctx.tokenized["train"], ctx.tokenized["validation"]
+    train_loader = _loader(ctx, train, 8, True, 1, False)
+    eval_loader = _loader(ctx, validation, 8, False, 1, False)
+    assert train_loader.collate_fn.augment and not eval_loader.collate_fn.augment
+    first, again = next(iter(eval_loader)), next(iter(eval_loader))
+    assert torch.equal(first["pixel_values"], again["pixel_values"])  # evaluation stays deterministic
+    layer_map = discover_layers(ctx.build_model())
+    runner = _make_runner(ctx, layer_map, spec.training, {"train": "k", "eval": "k2"}, train, validation)
+    assert runner.stats["mode"] == "direct" and "augment" in runner.stats["reason"]
 
 
 def test_cross_validation_on_images(shapes: Path, tmp_path: Path) -> None:
