@@ -138,6 +138,7 @@ def predict(
     *,
     text_column: str | None = None,
     text_pair_column: str | None = None,
+    image_column: str | None = None,
     batch_size: int = 64,
 ) -> Any:
     """Predictions of the study's best trial as a DataFrame: ``prediction`` (the label name) and one ``prob_<label>``
@@ -146,10 +147,16 @@ def predict(
     ``data`` is a text, a list of texts, a pandas Series or a DataFrame (its text column is ``text_column``, else the
     study's ``task.data.text_column``, else ``text``; likewise for the pair column). Pass a :class:`BestModel` from
     :func:`load_best` to avoid reloading the models on every call.
+
+    For an image classifier ``data`` is an image (a path or a PIL image), a list or Series of them, or a DataFrame
+    whose ``image_column`` (else the study's ``task.data.image_column``, else ``image``) holds them; relative paths
+    are relative to the current folder.
     """
     import pandas as pd
 
     best, spec = _best_and_spec(study_or_out)
+    if best.modality == "image":
+        return _predict_images(best, spec, data, image_column, batch_size)
     pairs = None
     index = None
     if isinstance(data, pd.DataFrame):
@@ -174,6 +181,31 @@ def predict(
     else:
         texts = list(data)
     probs = predict_proba(best, texts, pairs, batch_size=batch_size)
+    frame = pd.DataFrame({"prediction": predict_labels(best, probs)}, index=index)
+    for j, name in enumerate(best.label_names):
+        frame[f"prob_{name}"] = probs[:, j]
+    return frame
+
+
+def _predict_images(best: BestModel, spec: Any, data: Any, image_column: str | None, batch_size: int) -> Any:
+    import pandas as pd
+
+    from sweeps.predict import predict_image_proba
+
+    index = None
+    if isinstance(data, pd.DataFrame):
+        column = image_column or (spec.task.data.image_column if spec is not None else None) or "image"
+        if column not in data.columns:
+            found = ", ".join(repr(str(c)) for c in data.columns)
+            raise DataError(f"predict: no image column {column!r} in the DataFrame; columns found: {found}")
+        images, index = data[column].tolist(), data.index
+    elif isinstance(data, pd.Series):
+        images, index = data.tolist(), data.index
+    elif isinstance(data, (str, Path)) or hasattr(data, "mode"):
+        images = [data]
+    else:
+        images = list(data)
+    probs = predict_image_proba(best, images, batch_size=batch_size)
     frame = pd.DataFrame({"prediction": predict_labels(best, probs)}, index=index)
     for j, name in enumerate(best.label_names):
         frame[f"prob_{name}"] = probs[:, j]

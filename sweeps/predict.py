@@ -1,4 +1,5 @@
-"""Predictions from a study's best trial: reload its saved model(s), score texts, write a Kaggle-style submission.
+"""Predictions from a study's best trial: reload its saved model(s), score texts or images, write a Kaggle-style
+submission.
 
 The study runner keeps the best trial's model at ``<out>/models/trial_<n>/`` (with cross-validation one model per
 fold under ``fold_<k>/``) and points at it from ``<out>/models/best.json``. :func:`load_best` reloads that folder with
@@ -34,7 +35,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BestModel", "load_best", "load_model_folder", "predict_labels", "predict_proba", "predict_submission"]
+__all__ = [
+    "BestModel",
+    "load_best",
+    "load_model_folder",
+    "predict_image_proba",
+    "predict_labels",
+    "predict_proba",
+    "predict_submission",
+]
 
 DEFAULT_MAX_LENGTH = 128  # task.max_length's default, for a study folder reloaded without its study file
 
@@ -52,6 +61,7 @@ class BestModel:
     max_length: int | None = None  # the study's task.max_length when known (tokenise as in training)
     device: Any = None
     folders: list[Path] = field(default_factory=list)
+    modality: str = "text"  # "image": ``tokenizer`` is the saved image processor, inputs are images
 
     @property
     def num_labels(self) -> int:
@@ -147,17 +157,25 @@ def load_model_folder(
             "by another worker); rerun the study to save one"
         )
     dev = _device(device)
+    modality = "image" if saved_is_image(folders[0]) else "text"
+    if modality == "image":
+        from transformers import AutoModelForImageClassification as model_class
+
+        from sweeps.train.image_models import load_saved_image_processor as load_preprocessor
+    else:
+        model_class, load_preprocessor = AutoModelForSequenceClassification, AutoTokenizer.from_pretrained
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folders[0]))
+        tokenizer = load_preprocessor(str(folders[0]))
     except Exception as exc:  # every loader failure becomes one clear message
-        raise ModelLoadError(f"{folders[0]}: cannot load the saved tokenizer: {type(exc).__name__}: {exc}") from exc
+        kind = "image processor" if modality == "image" else "tokenizer"
+        raise ModelLoadError(f"{folders[0]}: cannot load the saved {kind}: {type(exc).__name__}: {exc}") from exc
     models, label_names = [], None
     for f in folders:
         if is_saved_custom(f):  # a factory or task.head model: rebuilt by the same code, weights from its state_dict
             model, names = load_saved(f)
         else:
             try:
-                model = AutoModelForSequenceClassification.from_pretrained(str(f))
+                model = model_class.from_pretrained(str(f))
             except Exception as exc:
                 raise ModelLoadError(f"{f}: cannot load the saved model: {type(exc).__name__}: {exc}") from exc
             names = _label_names(model.config, f)
@@ -175,7 +193,29 @@ def load_model_folder(
         max_length=max_length,
         device=dev,
         folders=folders,
+        modality=modality,
     )
+
+
+def saved_is_image(folder: Path) -> bool:
+    """Whether a saved checkpoint is an image classifier (read from its ``config.json``, without loading it)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    try:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+
+def _best_folder(out: Path) -> Path | None:
+    """The first model folder of the best trial, if there is one (for deciding how to read the test data)."""
+    try:
+        info = json.loads((out / "models" / "best.json").read_text(encoding="utf-8"))
+        folder = out / "models" / str(info.get("path") or f"trial_{int(info['trial'])}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return _model_folders(folder)[0] if folder.is_dir() else None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -238,6 +278,38 @@ def predict_proba(
     return probs.astype(np.float32)
 
 
+def predict_image_proba(
+    best: BestModel, images: Sequence[Any], batch_size: int = 64, base_dir: Path | None = None
+) -> np.ndarray:
+    """Class probabilities for images (paths — relative to ``base_dir``, else the current folder —, ``datasets``
+    Image dicts or PIL images), processed exactly as evaluation batches in training (deterministic, never augmented);
+    with CV the mean of the fold models' probabilities."""
+    import torch
+
+    from sweeps.data.images import ImageCollator, _reference
+
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    items = list(images) if not isinstance(images, (str, Path)) else [images]
+    refs = []
+    for i, item in enumerate(items):
+        try:
+            refs.append(_reference(str(item) if isinstance(item, Path) else item, base_dir))
+        except ValueError as exc:
+            raise DataError(f"images: position {i}: {exc}") from exc
+    probs = np.zeros((len(refs), best.num_labels), dtype=np.float32)
+    collate = ImageCollator(best.tokenizer)
+    device = best.device or next(best.models[0].parameters()).device
+    with torch.inference_mode():
+        for start in range(0, len(refs), batch_size):
+            chunk = refs[start : start + batch_size]
+            batch = collate([{"image": r, "example_id": start + k} for k, r in enumerate(chunk)])
+            pixels = batch["pixel_values"].to(device)
+            total = sum(torch.softmax(m(pixel_values=pixels).logits.float(), dim=-1) for m in best.models)
+            probs[start : start + len(pixels)] = (total / len(best.models)).cpu().numpy()
+    return probs
+
+
 def predict_labels(best: BestModel, probs: np.ndarray) -> list[str]:
     """The label name of each row's most probable class."""
     return [best.label_names[i] for i in np.asarray(probs).argmax(-1)]
@@ -262,11 +334,20 @@ def predict_submission(
     import pandas as pd
 
     out = Path(out)
-    ds, id_name = read_test(spec, test)  # data problems first: they are cheaper to find than loading models
+    saved = _best_folder(out)
+    images = spec.task.data.has_images or spec.task.modality == "image" or (saved is not None and saved_is_image(saved))
+    # data problems first: they are cheaper to find than loading models
+    ds, id_name = read_test(spec, test, images=images)
     device = spec.training.device if spec.training.device != "auto" else None
     best = load_best(out, device=device, max_length=spec.task.max_length, trial=trial)
-    pairs = ds["text_pair"] if "text_pair" in ds.column_names else None
-    probs = predict_proba(best, ds["text"], pairs, batch_size=spec.training.eval_batch_size)
+    batch_size = spec.training.eval_batch_size
+    if best.modality == "image":
+        if "image" not in ds.column_names:
+            raise DataError("predict: the best model is an image classifier; set task.data.image_column or modality")
+        probs = predict_image_proba(best, ds["image"], batch_size=batch_size)
+    else:
+        pairs = ds["text_pair"] if "text_pair" in ds.column_names else None
+        probs = predict_proba(best, ds["text"], pairs, batch_size=batch_size)
     ids = ds["id"] if "id" in ds.column_names else ds["example_id"]
     frame = pd.DataFrame({id_name: ids})
     if proba:

@@ -114,7 +114,15 @@ def _check_task(spec: StudySpec) -> None:
                         f"cannot tell the format of {location!r} from its extension "
                         f"({', '.join(sorted(EXTENSION_SOURCES))}); set task.data.source",
                     )
-    columns = {"text_column": data.text_column, "label_column": data.label_column}
+    if spec.task.modality == "text" and data.has_images:
+        key = "image_column" if data.image_column is not None else "source"
+        raise SpecError(f"task.data.{key}", "configures images, but task.modality is text")
+    if data.augment and not data.has_images and spec.task.modality != "image":
+        raise SpecError("task.data.augment", "augments images; this task has no image_column or imagefolder source")
+    if data.has_images:
+        columns = {"image_column": data.image_column or "image", "label_column": data.label_column}
+    else:
+        columns = {"text_column": data.text_column, "label_column": data.label_column}
     for key in ("text_pair_column", "id_column"):
         if getattr(data, key) is not None:
             columns[key] = getattr(data, key)

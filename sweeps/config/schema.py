@@ -80,7 +80,7 @@ COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
 class DataConfig(_Model):
     """``task.data``: where the examples come from and which columns hold what."""
 
-    source: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "hub"] = "auto"
+    source: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "hub", "imagefolder"] = "auto"
     train: Annotated[str, Field(min_length=1)]
     validation: str | None = None
     test: str | None = None
@@ -88,6 +88,8 @@ class DataConfig(_Model):
     hub_config: str | None = None
     text_column: Annotated[str, Field(min_length=1)] = "text"
     text_pair_column: str | None = None
+    image_column: Annotated[str, Field(min_length=1)] | None = None
+    augment: bool = False
     label_column: Annotated[str, Field(min_length=1)] = "label"
     id_column: str | None = None
     validation_fraction: Annotated[Float, Gt(0), Lt(1)] = 0.1
@@ -102,6 +104,11 @@ class DataConfig(_Model):
         if self.source != "auto":
             return self.source
         return source_from_extension(location) or "auto"
+
+    @property
+    def has_images(self) -> bool:
+        """Whether the examples are images (an ``image_column``, or folders of images); see ``task.modality``."""
+        return self.image_column is not None or self.source == "imagefolder"
 
 
 def source_from_extension(location: str) -> str | None:
@@ -133,6 +140,8 @@ class TaskConfig(_Model):
     revision: str | None = None
     max_length: Annotated[int, Ge(8), Le(8192)] = 128
     metric: Literal[QUALITY_METRICS] = "accuracy"
+    # text or image classification; ``auto``: image when the data has images, else when the model is a vision model
+    modality: Literal["auto", "text", "image"] = "auto"
     data: DataConfig
     cv: CVConfig = Field(default_factory=CVConfig)
 

@@ -3,8 +3,9 @@
 Every split, whatever its source, comes out with one normalised schema (``text``, optional ``text_pair``, ``label`` as
 an int id, ``example_id``, optional ``id``): :mod:`~sweeps.data.read` reads, :mod:`~sweeps.data.normalise` checks and
 normalises, :mod:`~sweeps.data.task` assembles the :class:`TaskData`, :mod:`~sweeps.data.tokenise` tokenises (cached)
-and :mod:`~sweeps.data.batch` pads batches. Problems are :class:`~sweeps.errors.DataError` raised before any model is
-loaded.
+and :mod:`~sweeps.data.batch` pads batches; :mod:`~sweeps.data.images` reads image folders, checks every image and
+turns image batches into ``pixel_values`` (image splits carry ``image`` and ``image_digest`` instead of ``text``).
+Problems are :class:`~sweeps.errors.DataError` raised before any model is loaded.
 """
 
 from sweeps.data.batch import make_collator, model_inputs

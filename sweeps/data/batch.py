@@ -39,7 +39,7 @@ def make_collator(tokenizer: Any, pad_to_multiple_of: int | None = None) -> Call
     return _Collator(tokenizer, pad_to_multiple_of)
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -132,12 +132,25 @@ def _map_labels(raw: _Raw, keys: list[Any], mapping: dict[Any, int], train_is_in
     return ids
 
 
+def _has_images(cfg: DataConfig) -> bool:
+    """Image examples: an ``image_column`` or an imagefolder source (``task.modality: image`` sets the column)."""
+    return bool(_get(cfg, "image_column")) or _get(cfg, "source") == "imagefolder"
+
+
 def _normalise(raw: _Raw, cfg: DataConfig, labels: list[int] | None, *, require_id: bool) -> pd.DataFrame:
     """The normalised frame of one split (labels already mapped to ids, or ``None`` for test)."""
     text_column = _get(cfg, "text_column", "text")
     pair_column = _get(cfg, "text_pair_column")
     id_column = _get(cfg, "id_column")
-    out = pd.DataFrame({"text": pd.Series(_check_text(raw, text_column, "text_column"), dtype=object)})
+    if _has_images(cfg):
+        from sweeps.data.images import DIGEST, IMAGE, check_images, image_column
+
+        column = image_column(cfg)
+        _require_column(raw, column, "image_column")
+        refs, digests = check_images(raw, column)
+        out = pd.DataFrame({IMAGE: pd.Series(refs, dtype=object), DIGEST: pd.Series(digests, dtype=object)})
+    else:
+        out = pd.DataFrame({"text": pd.Series(_check_text(raw, text_column, "text_column"), dtype=object)})
     if pair_column:
         _require_column(raw, pair_column, "text_pair_column")
         out["text_pair"] = pd.Series(_check_text(raw, pair_column, "text_pair_column"), dtype=object)
@@ -200,7 +213,10 @@ def _carve_validation(
 def _to_dataset(frame: pd.DataFrame, label_names: list[str]) -> datasets.Dataset:
     frame = frame.reset_index(drop=True).copy()
     frame["example_id"] = np.arange(len(frame), dtype=np.int64)
-    features = {"text": datasets.Value("string")}
+    if "image" in frame.columns:
+        features: dict[str, Any] = {"image": datasets.Image(decode=False), "image_digest": datasets.Value("string")}
+    else:
+        features = {"text": datasets.Value("string")}
     if "text_pair" in frame.columns:
         features["text_pair"] = datasets.Value("string")
     if "label" in frame.columns:

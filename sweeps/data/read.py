@@ -21,7 +21,7 @@ from sweeps.config import DataConfig
 from sweeps.config.schema import COMPRESSION_SUFFIXES, source_from_extension
 from sweeps.errors import DataError
 
-SOURCES = ("auto", "csv", "tsv", "json", "jsonl", "parquet", "hub")
+SOURCES = ("auto", "csv", "tsv", "json", "jsonl", "parquet", "hub", "imagefolder")
 
 
 @dataclass
@@ -33,6 +33,7 @@ class _Raw:
     line_offset: int | None = None  # file line of data row 0 when rows are one per line (TSV, JSON Lines)
     features: datasets.Features | None = None  # when the source was a datasets.Dataset (hub or Python)
     label_names: list[str] | None = None  # ClassLabel names of the label column, when the features have them
+    base_dir: Path | None = None  # folder that relative image paths in the frame are relative to (the data file's)
 
     def row(self, i: int) -> str:
         """Name data row ``i`` (0-based) the way a person would find it: 1-based, plus the file line if exact."""
@@ -154,7 +155,7 @@ def _read_file(path: Path, fmt: str, field_name: str) -> _Raw:
         raise DataError(f"{where}: file has no columns")
     if len(frame) == 0:
         raise DataError(f"{where}: file has a header (columns {', '.join(map(str, frame.columns))}) but no rows")
-    return _Raw(frame.reset_index(drop=True), where, line_offset)
+    return _Raw(frame.reset_index(drop=True), where, line_offset, base_dir=path.resolve().parent)
 
 
 def _class_names(features: datasets.Features, label_column: str) -> list[str] | None:
@@ -213,6 +214,10 @@ def _read_splits(cfg: DataConfig, frames: dict[str, Any]) -> dict[str, _Raw | No
         elif use_hub:
             name = str(location) if location is not None else ("train" if split == "train" else None)
             result[split] = _load_hub(hub_id, _get(cfg, "hub_config"), name) if name else None
+        elif location is not None and source == "imagefolder":
+            from sweeps.data.images import read_imagefolder
+
+            result[split] = read_imagefolder(Path(location), split, _get(cfg, "label_column", "label"))
         elif location is not None:
             path = Path(location)
             result[split] = _read_file(path, _format_for(path, source, split), split)

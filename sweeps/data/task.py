@@ -20,8 +20,10 @@ import numpy as np
 import pandas as pd
 
 from sweeps.config import DataConfig
+from sweeps.data.images import image_column
 from sweeps.data.normalise import (
     _carve_validation,
+    _has_images,
     _is_missing,
     _label_keys,
     _label_mapping,
@@ -48,7 +50,9 @@ class TaskData:
     ``label_names``), ``example_id`` (0..n-1 within the split) and ``id`` when an id column was configured and
     present (ids read from CSV/TSV stay strings, so leading zeros survive into a submission file; ints from a
     DataFrame, JSON or Parquet stay ints). ``test`` has the same columns, with ``label`` only when the test file
-    labels every row (then the study's finalists are evaluated on it once), or is ``None``.
+    labels every row (then the study's finalists are evaluated on it once), or is ``None``. Image tasks have
+    ``image`` (``datasets.Image(decode=False)`` references) and ``image_digest`` instead of ``text`` (see
+    :mod:`sweeps.data.images`).
     """
 
     train: datasets.Dataset
@@ -78,12 +82,15 @@ def _has_every_label(raw: _Raw, column: str) -> bool:
 
 
 def split_fingerprint(ds: datasets.Dataset) -> str:
-    """A stable content hash of a normalised split (text, text_pair, label, example_id, id), for cache keys.
+    """A stable content hash of a normalised split (text, text_pair or image digest, label, example_id, id), for
+    cache keys.
 
     Content-based rather than datasets' own ``_fingerprint`` (which depends on file paths and transform history), so
     the same rows give the same key in every process and from every source.
     """
-    columns = [c for c in ("text", "text_pair", "label", "labels", "example_id", "id") if c in ds.column_names]
+    columns = [
+        c for c in ("text", "text_pair", "image_digest", "label", "labels", "example_id", "id") if c in ds.column_names
+    ]
     digest = hashlib.sha256(f"{_FORMAT_VERSION}|{len(ds)}|{','.join(columns)}".encode())
     if columns:
         frame = ds.select_columns(columns).to_pandas()
@@ -125,7 +132,10 @@ def load_task_data(
     for raw, split in ((train_raw, "train"), (val_raw, "validation"), (test_raw, "test")):
         if raw is None:
             continue
-        _require_column(raw, text_column, "text_column")
+        if _has_images(cfg):
+            _require_column(raw, image_column(cfg), "image_column")
+        else:
+            _require_column(raw, text_column, "text_column")
         if split != "test":
             _require_column(raw, label_column, "label_column")
 
@@ -174,7 +184,12 @@ def load_task_data(
     split_fps = {name: split_fingerprint(ds) for name, ds in splits.items()}
     config = {
         "version": _FORMAT_VERSION,
-        "columns": [text_column, _get(cfg, "text_pair_column"), label_column, _get(cfg, "id_column")],
+        "columns": [
+            image_column(cfg) if _has_images(cfg) else text_column,
+            _get(cfg, "text_pair_column"),
+            label_column,
+            _get(cfg, "id_column"),
+        ],
         "limits": [_get(cfg, "max_train_rows"), _get(cfg, "max_eval_rows"), _get(cfg, "validation_fraction")],
         "seed": seed,
         "labels": label_names,

