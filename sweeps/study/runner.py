@@ -135,18 +135,19 @@ class StudyRunner:
             )
 
     def _check_schedule_fits(self, index: int, entry: Any, strategy: Any, layer_map: Any) -> None:
-        """Refuse a schedule (gradual unfreezing, explicit phases) whose last change comes after the last epoch: its
-        trials would be judged before the strategy ever trained as configured."""
+        """Warn about a schedule (gradual unfreezing, explicit phases) whose last change comes after the last epoch: its
+        trials never train as configured, so they say nothing about the strategy. A warning, not an error: a short
+        smoke run with fewer epochs is legitimate; the epochs it would need are in the message."""
         from strategies import schedule_end_epoch
 
         epochs = int(entry.training.get("epochs", self.spec.training.epochs))
         end = schedule_end_epoch(strategy, layer_map)
         if end >= epochs:
-            raise SpecError(
-                f"strategies[{index}].params",
-                f"{entry.name}'s schedule changes for the last time at the start of epoch {end + 1}, but training "
-                f"runs {epochs} epoch{'s' if epochs != 1 else ''}: use epochs >= {end + 1} (training.epochs or "
-                f"strategies[{index}].training.epochs), or unfreeze faster (e.g. groups_per_step)",
+            self.say(
+                f"warning: strategies[{index}].params: {entry.name}'s schedule changes for the last time at the start "
+                f"of epoch {end + 1}, but training runs {epochs} epoch{'s' if epochs != 1 else ''}: its trials never "
+                f"train as configured. Use epochs >= {end + 1} (training.epochs or strategies[{index}].training.epochs)"
+                ", or unfreeze faster (e.g. groups_per_step)"
             )
 
     def open_parent_run(self) -> str | None:
