@@ -55,11 +55,13 @@ class StudyRunner:
         self.dataframe = dataframe
         self.say = progress or (lambda msg: log.info(msg))
         self.study = open_study(spec, output)
+        tracking_uri = database_url(spec.tracking.uri) if spec.tracking.uri else default_tracking_uri(output)
         self.tracker = Tracker(
-            database_url(spec.tracking.uri) if spec.tracking.uri else default_tracking_uri(output),
+            tracking_uri,
             spec.tracking.experiment or spec.name,
             artifact_root=output / "mlartifacts",
             enabled=spec.tracking.enabled,
+            setup_lock=storage_lock(tracking_uri, "freeze-sweeps:mlflow-schema"),
         )
         self.objectives = objectives(spec)
         self.ctx = None

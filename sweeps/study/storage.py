@@ -108,12 +108,7 @@ def storage_lock(url: str, name: str, engine: Any = None) -> Iterator[None]:
             if own:
                 engine.dispose()
         return
-    path = None
-    if scheme == "sqlite":
-        database = url.split(":///", 1)[1] if ":///" in url else ""
-        path = Path(database) if database and not database.startswith(":memory:") else None
-    elif url.startswith("journal:"):
-        path = Path(url.split(":", 1)[1])
+    path = lock_file_target(url)
     try:
         import fcntl
     except ImportError:  # Windows: no cross-process file lock here
@@ -128,6 +123,20 @@ def storage_lock(url: str, name: str, engine: Any = None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def lock_file_target(url: str) -> Path | None:
+    """The database file a lock file for ``url`` goes next to (None: no file to lock). The URL's query is dropped:
+    ``sqlite:///optuna.db?password=...`` made a lock file named ``optuna.db?password=S3CRETPW.lock``, a secret in a
+    file name that every ``ls`` and backup listing shows."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme == "sqlite":
+        database = url.split(":///", 1)[1] if ":///" in url else ""
+        database = database.split("?", 1)[0]
+        return Path(database) if database and not database.startswith(":memory:") else None
+    if url.startswith("journal:"):
+        return Path(url.split(":", 1)[1].split("?", 1)[0])
+    return None
 
 
 def _serialize_sqlite(engine: Any) -> None:
