@@ -24,7 +24,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from sweeps.errors import SpecError, SweepsError
+from sweeps.errors import Interrupted, SpecError, SweepsError
 from sweeps.study.recovery import HOST, _heartbeat, budget_used, counts_toward_budget, recover_dead_trials
 from sweeps.study.sampling import objectives
 from sweeps.study.storage import database_url, open_study, storage_lock, storage_url
@@ -247,18 +247,17 @@ class StudyRunner:
             self.tracker.end_run(run_id, "FINISHED")
             self.say(f"trial {trial.number}: pruned ({exc})")
             return TrialReport(trial.number, "pruned", params.strategy, None, reason=str(exc))
-        except KeyboardInterrupt:
-            with _ignoring_sigint():  # a second Ctrl-C must not cut the bookkeeping short (trial left RUNNING)
+        except KeyboardInterrupt as exc:
+            with _ignoring_stop_signals():  # a second Ctrl-C must not cut the bookkeeping short (trial left RUNNING)
                 remove_dir(model_dir)
+                reason = _interrupt_reason(exc)
                 trial.set_user_attr("interrupted", True)
-                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+                trial.set_user_attr("fail_reason", reason)
                 self.study.tell(trial, state=TrialState.FAIL)
-                self.tracker.set_tags(
-                    run_id, {"sweeps.status": "failed", "sweeps.fail_reason": "interrupted (Ctrl-C)"}
-                )
+                self.tracker.set_tags(run_id, {"sweeps.status": "failed", "sweeps.fail_reason": reason})
                 self.tracker.end_run(run_id, "KILLED")
             raise
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit & co. from user code (a strategy hook) fail the trial, not the study
             remove_dir(model_dir)
             release_memory(self.ctx.device)
             reason = _failure_reason(exc)
@@ -376,17 +375,34 @@ def _has_search(entry: Any) -> bool:
 
 
 @contextlib.contextmanager
-def _ignoring_sigint() -> Iterator[None]:
-    """SIGINT ignored inside the block (main thread only; elsewhere signals cannot be set and none arrive)."""
+def _ignoring_stop_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored inside the block (main thread only; elsewhere signals cannot be set and none
+    arrive): a second Ctrl-C, or the SIGTERM that follows a Ctrl-C, must not leave the trial RUNNING."""
     try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _interrupt_reason(exc: KeyboardInterrupt) -> str:
+    """Ctrl-C or SIGTERM (the CLI's handlers raise :class:`Interrupted`); a bare ``KeyboardInterrupt`` raised by code
+    inside the trial (a strategy hook) says where it came from, so the cause is not lost."""
+    if isinstance(exc, Interrupted):
+        return exc.reason
+    return f"interrupted: KeyboardInterrupt raised{_raised_at(exc)}"
+
+
+def _raised_at(exc: BaseException) -> str:
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" at {Path(frames[-1].filename).name}:{frames[-1].lineno} ({frames[-1].name})" if frames else ""
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -394,6 +410,8 @@ def _failure_reason(exc: BaseException) -> str:
 
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return f"out of memory: {exc}".strip()
+    if not isinstance(exc, Exception):  # SystemExit, GeneratorExit or a user BaseException (e.g. sys.exit in a hook)
+        return f"{type(exc).__name__}({exc}) raised inside the trial{_raised_at(exc)}"
     return f"{type(exc).__name__}: {exc}"
 
 
