@@ -362,11 +362,13 @@ def _install_stop_handlers() -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load(args)
     _setup_logging(None, args.quiet, args.verbose)
-    if args.model:
-        from sweeps.study import StudyRunner
+    if args.model:  # in a throw-away folder: validation writes nothing to the study folder
+        import tempfile
 
-        out = spec.output_dir
-        StudyRunner(spec, out).prepare()
+        from sweeps.study.checks import check_against_model
+
+        with tempfile.TemporaryDirectory(prefix="sweeps-validate-") as scratch:
+            check_against_model(spec, Path(scratch))
     print(f"{args.study}: OK ({len(spec.strategies)} strategies, objectives {list(_objective_names(spec))})")
     return EXIT_OK
 

@@ -15,7 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from e2e_helpers import write_study
+from e2e_helpers import make_dataset, make_tiny_model, write_study
+from services import blank_mlflow_db
 from test_faults import (
     assert_mlflow_consistent,
     fresh_output,
@@ -26,11 +27,22 @@ from test_faults import (
     start_run,
     wait_for_log,
 )
-from test_faults import assets as assets_fixture  # noqa: F401  (the module fixture, registered as 'assets')
 
 from sweeps.cli import main
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """As in test_faults.py: a tiny model, 80 rows (sub-second epochs), 2000 rows (epochs long enough to hit)."""
+    root = tmp_path_factory.mktemp("fault-assets")
+    return {
+        "model": make_tiny_model(root / "model"),
+        "data": make_dataset(root / "data"),
+        "big": make_dataset(root / "big", n_train=2000),
+        "blank_mlflow": blank_mlflow_db(root / "blank-mlflow" / "mlflow.db"),
+    }
 
 
 def _stderr(out: Path) -> str:

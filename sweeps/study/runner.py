@@ -70,22 +70,9 @@ class StudyRunner:
     # -- set-up ---------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
         """Load data, tokenizer and model source once; check every strategy against the real model before trial 0."""
-        from strategies import discover_layers
-        from sweeps.config.search_space import check_strategy_bounds
-        from sweeps.train import StudyContext, check_strategy, layer_spec
+        from sweeps.study.checks import check_against_model
 
-        self.ctx = StudyContext.prepare(self.spec, self.output, dataframe=self.dataframe)
-        model = self.ctx.build_model()
-        try:
-            layer_map = discover_layers(model, layer_spec(self.spec))
-        except ValueError as exc:
-            raise SpecError("layers", str(exc)) from exc
-        check_strategy_bounds(self.spec, layer_map.num_layers)
-        for i, entry in enumerate(self.spec.strategies):
-            if not _has_search(entry):  # searched values are range-checked above; fixed ones are checked here
-                check_strategy(entry.name, dict(entry.params), layer_map, index=i)
-        self.num_layers = layer_map.num_layers
-        del model, layer_map
+        self.ctx, self.num_layers = check_against_model(self.spec, self.output, dataframe=self.dataframe)
         self.parent_run_id = self.open_parent_run()
         if self.parent_run_id and not self._parent_has_params():
             self.tracker.log_text(self.parent_run_id, self.spec.dump_yaml(masked=True), "study.yaml")
@@ -201,6 +188,7 @@ class StudyRunner:
         model_dir = self.output / "models" / f"trial_{trial.number}"
 
         epochs_so_far: list[Any] = []
+        verifications: list[bool] = []  # one per model trained (CV: per fold), whatever ended the training
 
         def on_epoch_end(result: Any) -> None:
             epochs_so_far.append(result)
@@ -238,10 +226,12 @@ class StudyRunner:
                 on_epoch_end=on_epoch_end,
                 on_fold_end=on_fold_end,
                 model_dir=model_dir,
+                on_verified=verifications.append,
             )
         except optuna.TrialPruned as exc:
             remove_dir(model_dir)
             self._write_epochs(trial.number, epochs_so_far)
+            self._record_verification(trial, run_id, verifications)
             self.study.tell(trial, state=TrialState.PRUNED)
             self.tracker.set_tags(run_id, {"sweeps.status": "pruned", "sweeps.prune_reason": str(exc)})
             self.tracker.end_run(run_id, "FINISHED")
@@ -261,6 +251,7 @@ class StudyRunner:
             remove_dir(model_dir)
             release_memory(self.ctx.device)
             reason = _failure_reason(exc)
+            self._record_verification(trial, run_id, verifications)
             trial.set_user_attr("fail_reason", reason)
             self.study.tell(trial, state=TrialState.FAIL)
             self.tracker.set_tags(run_id, {"sweeps.status": "failed", "sweeps.fail_reason": reason})
@@ -281,6 +272,15 @@ class StudyRunner:
             f"peak_mem={outcome.metrics['peak_memory_mb']:.0f}MB trainable={int(outcome.metrics['trainable_params']):,}"
         )
         return TrialReport(trial.number, "complete", params.strategy, values, outcome.metrics)
+
+    def _record_verification(self, trial: optuna.Trial, run_id: str | None, verifications: list[bool]) -> None:
+        """``frozen_params_verified`` (trial attribute and MLflow tag) for a trial that trained but did not complete:
+        the proof covers what was frozen up to where training stopped. Nothing when training never started."""
+        if not verifications:
+            return
+        verified = all(verifications)
+        trial.set_user_attr("frozen_params_verified", verified)
+        self.tracker.set_tags(run_id, {"frozen_params_verified": str(verified).lower()})
 
     def _prune_warmup(self, params: Any) -> int:
         """No pruning before the strategy's schedule completes (gradual unfreezing) nor before the pruner warm-up."""
@@ -364,14 +364,6 @@ class _LayerCount:
         self.num_layers = num_layers
         self.names = [EMBEDDINGS, *(layer_name(i) for i in range(num_layers)), HEAD]
         self.shared_layers = False
-
-
-def _is_search(value: Any) -> bool:
-    return isinstance(value, dict) or (hasattr(value, "model_fields") and hasattr(value, "type"))
-
-
-def _has_search(entry: Any) -> bool:
-    return any(_is_search(v) for v in entry.params.values())
 
 
 @contextlib.contextmanager

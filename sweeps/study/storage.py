@@ -182,6 +182,8 @@ def open_study(spec: Any, output: Path) -> optuna.Study:
         )
     fingerprint = spec.fingerprint()
     old = study.user_attrs.get(FINGERPRINT_ATTR)
+    if old is not None and old != fingerprint and not _has_finished_trials(study):
+        old = None  # nothing to compare with yet: a study without finished trials takes the new fingerprint
     if old is None:
         study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
         study.set_user_attr("objectives", [m for m, _ in objectives(spec)])
@@ -193,3 +195,8 @@ def open_study(spec: Any, output: Path) -> optuna.Study:
             "--output folder; harmless changes such as optuna.n_trials are accepted.",
         )
     return study
+
+
+def _has_finished_trials(study: optuna.Study) -> bool:
+    """Whether any trial ran to an end (surplus asks, which never ran, do not count)."""
+    return any(t.state.is_finished() and not t.user_attrs.get("surplus") for t in study.get_trials(deepcopy=False))

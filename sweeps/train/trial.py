@@ -107,8 +107,13 @@ def train_once(
     *,
     on_epoch_end: Callable[[EpochResult], None] | None = None,
     save_to: Path | None = None,
+    on_verified: Callable[[bool], None] | None = None,
 ) -> tuple[LoopResult, bool, list[dict[str, Any]], str, dict[str, Any]]:
-    """Train one model; returns (loop result, frozen verified, layer table, table text, cache stats)."""
+    """Train one model; returns (loop result, frozen verified, layer table, table text, cache stats).
+
+    ``on_verified(ok)`` hears the verification of what was frozen up to the end of training however it ended —
+    completed, pruned (an ``on_epoch_end`` observer raised) or failed after training started — so every trial that
+    trained carries the proof, not only completed ones."""
     from transformers import set_seed
 
     set_seed(training["seed"])
@@ -168,8 +173,14 @@ def train_once(
     )
     memory.reset()
     try:
-        result = loop.run()
+        try:
+            result = loop.run()
+        except Exception:
+            _report_verification(controller, on_verified)
+            raise
         verified = controller.finish()
+        if on_verified is not None:
+            on_verified(verified)
         controller.require_verified()
         stats = dict(getattr(runner, "stats", {}) or {})
         if save_to is not None:
@@ -182,6 +193,18 @@ def train_once(
         runner.close()
         del loop, controller, model, runner
         release_memory(ctx.device)
+
+
+def _report_verification(controller: FreezeController, on_verified: Callable[[bool], None] | None) -> None:
+    """The checksum comparison after an interrupted training (pruned or failed); a failure to compare must not hide
+    the error that ended training."""
+    if on_verified is None:
+        return
+    try:
+        verified = controller.finish()
+    except Exception:
+        return
+    on_verified(verified)
 
 
 def release_memory(device: torch.device) -> None:
@@ -216,12 +239,13 @@ def run_trial(
     on_epoch_end: Callable[[EpochResult], None] | None = None,
     on_fold_end: Callable[[int, dict[str, float]], None] | None = None,
     model_dir: Path | None = None,
+    on_verified: Callable[[bool], None] | None = None,
 ) -> TrialOutcome:
     """Train with one strategy: on the train/validation split, or over stratified folds when ``task.cv.folds`` ≥ 2
     (the objective is then the mean over folds; out-of-fold predictions are returned)."""
     folds = ctx.spec.task.cv.folds
     if folds and folds >= 2:
-        return _run_cv(ctx, strategy_name, strategy_params, training, folds, on_fold_end, model_dir)
+        return _run_cv(ctx, strategy_name, strategy_params, training, folds, on_fold_end, model_dir, on_verified)
     result, verified, table, text, stats = train_once(
         ctx,
         strategy_name,
@@ -232,6 +256,7 @@ def run_trial(
         {"train": ctx.split_keys["train"], "eval": ctx.split_keys["validation"]},
         on_epoch_end=on_epoch_end,
         save_to=model_dir,
+        on_verified=on_verified,
     )
     assert result.eval_probs is not None and result.eval_labels is not None
     num_labels = len(ctx.data.label_names)
@@ -258,6 +283,7 @@ def _run_cv(
     folds: int,
     on_fold_end: Callable[[int, dict[str, float]], None] | None,
     model_dir: Path | None,
+    on_verified: Callable[[bool], None] | None = None,
 ) -> TrialOutcome:
     from sweeps.data import stratified_folds
 
@@ -282,6 +308,7 @@ def _run_cv(
             train.select(val_idx),
             {"train": key + "-train", "eval": key + "-val"},
             save_to=(model_dir / f"fold_{k}") if model_dir else None,
+            on_verified=on_verified,
         )
         verified_all &= verified
         assert result.eval_probs is not None
