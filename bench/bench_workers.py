@@ -184,16 +184,18 @@ def cli_path(value: str) -> Path:
 # -- fault soak: workers SIGKILLed and replaced while the study runs ---------------------------------------------------
 def _live_worker_pids(out: Path) -> list[int]:
     """Pids of the parent's workers that are alive now, from its "worker i started/restarted (pid N)" lines."""
+    import re
+
     log = out / "sweeps.log"
+    text = log.read_text() if log.exists() else ""
     pids = []
-    for line in (log.read_text().splitlines() if log.exists() else []):
-        if line.startswith("worker ") and ("started (pid" in line or "restarted (pid" in line):
-            pid = int(line.split("(pid ", 1)[1].split(")")[0])
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                continue
-            pids.append(pid)
+    for match in re.finditer(r"sweeps: worker \d+ (?:started|restarted) \(pid (\d+)\)", text):
+        pid = int(match.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        pids.append(pid)
     return pids
 
 
