@@ -270,9 +270,12 @@ def run_soak(
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     killed: set[int] = set()
-    next_kill = start + kill_every_s * 2  # let the workers start first
+    log = out / "sweeps.log"
+    next_kill = None  # kills start once a first trial completed: the workers are then inside trials
     while proc.poll() is None and time.monotonic() - start < timeout:
-        if len(killed) < max_kills and time.monotonic() >= next_kill:
+        if next_kill is None and log.exists() and ": complete:" in log.read_text():
+            next_kill = time.monotonic() + rng.uniform(0, kill_every_s)
+        if next_kill is not None and len(killed) < max_kills and time.monotonic() >= next_kill:
             live = [p for p in _live_worker_pids(out) if p not in killed]
             if live:
                 victim = rng.choice(live)
