@@ -14,6 +14,11 @@ nested runs, metrics, artifacts, telling Optuna — with ``--workers K`` process
 - no trial number ran twice: one MLflow trial run per Optuna trial, with that trial's number and strategy;
 - MLflow: every trial run is under the study's one parent run and ended (``FINISHED``).
 
+``--soak`` (issue 11) runs the same study while a bounded loop SIGKILLs a random worker every few seconds (from the
+first completed trial on, ``--max-kills`` at most) and the ``--workers`` parent replaces it; it then checks that the
+``n_trials`` completed trials are each recorded once, every other trial is one a kill ended (failed, ``worker_died``),
+one MLflow run per Optuna trial with the matching status, nothing RUNNING, one summary, exit code 1 (workers died).
+
 It prints trials/minute over the whole command (process start-up included) and over the steady state (first trial
 start to last trial end, from Optuna's timestamps). Exit code 0 when every check passed, 1 otherwise.
 """

@@ -142,7 +142,7 @@ def test_sigterm_mid_trial_is_recorded_like_ctrl_c_and_exits_143(
     proc = start_run(study_file, out, "--no-report")
     wait_for_log(proc, out, lambda text: "trial 0 epoch 1/2" in text)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 143
+    assert proc.wait(timeout=400) == 143
     stderr = _stderr(out)
     assert "Terminated (SIGTERM)" in stderr and "Resume with the same command" in stderr
     trial = load(out).trials[0]
@@ -163,7 +163,7 @@ def test_sigterm_to_the_workers_parent_is_forwarded_to_every_worker(
     )
     out = fresh_output(assets, tmp_path / "out")
     proc = start_run(study_file, out, "--no-report", "--workers", "2")
-    wait_for_log(proc, out, lambda text: text.count("epoch 1/2") >= 2, timeout=400)
+    wait_for_log(proc, out, lambda text: text.count("epoch 1/2") >= 2, timeout=900)
     proc.send_signal(signal.SIGTERM)  # to the parent alone, as `docker stop` does
     assert proc.wait(timeout=300) == 143, _stderr(out)[-3000:]
     assert _stderr(out).count("Resume with the same command") == 1
