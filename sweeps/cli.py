@@ -8,18 +8,21 @@ Exit codes scripts can rely on: 0 success, 1 the run failed (e.g. no trial compl
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweeps.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_TERMINATED, SweepsError
+from sweeps.records import TrialAttr, trial_metrics
+
+if TYPE_CHECKING:
+    from sweeps.config import StudySpec
+    from sweeps.study import StudyRunner
 
 log = logging.getLogger("sweeps")
 
@@ -149,7 +152,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = _load(args)
     out = spec.output_dir
     _setup_logging(out, args.quiet, args.verbose)
-    _install_stop_handlers()
+    from sweeps.signals import install_stop_handlers
+
+    install_stop_handlers()
     if args.workers > 1:
         return _run_workers(args, spec, out)
     return _run_here(spec, out, report=not args.no_report, resume=_resume_command(args))
@@ -196,7 +201,7 @@ def _is_worker() -> bool:
     return bool(os.environ.get(WORKER_ENV))
 
 
-def _run_here(spec: Any, out: Path, report: bool = True, resume: str | None = None) -> int:
+def _run_here(spec: StudySpec, out: Path, report: bool = True, resume: str | None = None) -> int:
     from sweeps.study import StudyRunner, storage_url
 
     runner = StudyRunner(spec, out, progress=log.info)
@@ -219,11 +224,11 @@ def _run_here(spec: Any, out: Path, report: bool = True, resume: str | None = No
         return EXIT_FAILURE
     from sweeps.config import mask_secrets
 
-    log.debug("storage: %s", mask_secrets(storage_url(spec, out)))
+    log.debug("storage: %s", mask_secrets(storage_url(spec)))
     return EXIT_OK
 
 
-def _summary(runner: Any, out: Path, report: bool) -> None:
+def _summary(runner: StudyRunner, out: Path, report: bool) -> None:
     from sweeps.config import mask_secrets
 
     study = runner.study
@@ -242,7 +247,7 @@ def _summary(runner: Any, out: Path, report: bool) -> None:
         runner.tracker.end_run(runner.parent_run_id, "FINISHED")
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
-        if not t.user_attrs.get("surplus"):
+        if not t.user_attrs.get(TrialAttr.SURPLUS):
             states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     lines = ["", f"study {study.study_name}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))]
     try:
@@ -260,11 +265,11 @@ def _summary(runner: Any, out: Path, report: bool) -> None:
     except ValueError:
         bests = []
     for best in bests[:5]:
-        metrics = {k.split(".", 1)[1]: v for k, v in best.user_attrs.items() if k.startswith("metric.")}
+        metrics = trial_metrics(best.user_attrs)
         shown = ", ".join(
             f"{k}={metrics[k]:.4g}" for k in ("accuracy", "f1_macro", "epoch_time_s", "peak_memory_mb") if k in metrics
         )
-        lines.append(f"best trial {best.number}: {best.user_attrs.get('strategy')} {best.params} {shown}")
+        lines.append(f"best trial {best.number}: {best.user_attrs.get(TrialAttr.STRATEGY)} {best.params} {shown}")
     uri = mask_secrets(runner.tracker.uri)
     experiment = runner.tracker.experiment_name
     if uri.startswith(("http://", "https://")):
@@ -278,11 +283,12 @@ def _summary(runner: Any, out: Path, report: bool) -> None:
     print("\n".join(lines), flush=True)
 
 
-def _run_workers(args: argparse.Namespace, spec: Any, out: Path) -> int:
+def _run_workers(args: argparse.Namespace, spec: StudySpec, out: Path) -> int:
     """K worker processes on one study through Optuna's storage; one GPU each when there are enough GPUs. A worker
     that dies has its trial failed at once and is replaced while the budget lasts; the exit code is then 1."""
     import torch
 
+    from sweeps.signals import ignoring_stop_signals
     from sweeps.study import StudyRunner, budget_used, recover_dead_trials
     from sweeps.workers import WORKER_ENV, WorkerPool, worker_command
 
@@ -316,7 +322,7 @@ def _run_workers(args: argparse.Namespace, spec: Any, out: Path) -> int:
     except KeyboardInterrupt as exc:
         # Ctrl-C in a terminal reaches the workers too; a SIGINT or SIGTERM sent to this process alone must stop them
         # as well (each records its current trial as interrupted; a second signal during that bookkeeping is ignored)
-        with _ignoring_stop_signals():
+        with ignoring_stop_signals():
             pool.forward(getattr(exc, "signum", signal.SIGINT))
             recover_dead_trials(runner.study, runner.tracker, spec.optuna.retry_failed)
             if runner.parent_run_id:
@@ -336,29 +342,6 @@ def _run_workers(args: argparse.Namespace, spec: Any, out: Path) -> int:
     return EXIT_OK
 
 
-@contextlib.contextmanager
-def _ignoring_stop_signals() -> Iterator[None]:
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-def _raise_interrupted(signum: int, _frame: Any) -> None:
-    from sweeps.errors import Interrupted
-
-    raise Interrupted(signum)
-
-
-def _install_stop_handlers() -> None:
-    """SIGINT and SIGTERM raise :class:`~sweeps.errors.Interrupted`: SIGTERM (docker stop, Kubernetes, batch
-    schedulers) used to kill the process outright, leaving the trial and its runs RUNNING until the next run."""
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, _raise_interrupted)
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load(args)
     _setup_logging(None, args.quiet, args.verbose)
@@ -369,13 +352,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         with tempfile.TemporaryDirectory(prefix="sweeps-validate-") as scratch:
             check_against_model(spec, Path(scratch))
-    print(f"{args.study}: OK ({len(spec.strategies)} strategies, objectives {list(_objective_names(spec))})")
+    print(f"{args.study}: OK ({len(spec.strategies)} strategies, objectives {spec.objective_metrics})")
     return EXIT_OK
-
-
-def _objective_names(spec: Any):
-    for item in spec.optuna.objectives:
-        yield item if isinstance(item, str) else item.metric
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -385,7 +363,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sweeps.report import trials_table, write_report
     from sweeps.study import open_study
 
-    study = open_study(spec, out)
+    study = open_study(spec)
     table = trials_table(study)
     if args.format == "csv":
         print(table.to_csv(index=False))

@@ -54,15 +54,15 @@ def test_a_study_without_finished_trials_may_change_its_fingerprint(assets, tmp_
 
     study_file = _study(assets, tmp_path)
     out = tmp_path / "out"
-    first = open_study(load_spec(study_file, output=str(out)), out)
+    first = open_study(load_spec(study_file, output=str(out)))
     first.enqueue_trial({"strategy": "none"})  # waiting, never run: not a finished trial
     changed = load_spec(study_file, ["task.max_length=32"], output=str(out))
-    study = open_study(changed, out)
+    study = open_study(changed)
     assert study.user_attrs["spec_fingerprint"] == changed.fingerprint()
     trial = study.ask()
     study.tell(trial, 0.5)
     with pytest.raises(SpecError, match="already has trials for a different model/data/metric"):
-        open_study(load_spec(study_file, ["task.max_length=24"], output=str(out)), out)
+        open_study(load_spec(study_file, ["task.max_length=24"], output=str(out)))
 
 
 # -- 8. max_length above the model's positions -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.records import TrialAttr, epochs_file
 from sweeps.report.recommend import BASELINE
 from sweeps.report.table import _metrics, _strategy, _trials
 
@@ -188,7 +189,7 @@ def _plot_bottom_n(ctx: _Context) -> _Plot:
 def read_epochs(out: Path, number: int) -> list[dict[str, Any]] | None:
     """The per-epoch series the runner writes for a trial, or None when missing or unreadable (a report must not
     fail because one trial's file was lost)."""
-    path = out / "trials" / f"trial_{number}_epochs.json"
+    path = epochs_file(out, number)
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -329,7 +330,7 @@ def _plot_pareto_objectives(ctx: _Context) -> tuple[_Plot, list[int]]:
         best = ctx.study.best_trials
     except (ValueError, RuntimeError):
         best = []
-    best = [t for t in best if not t.user_attrs.get("surplus")]
+    best = [t for t in best if not t.user_attrs.get(TrialAttr.SURPLUS)]
     numbers = [t.number for t in best]
     complete = [t for t in _trials(ctx.study) if t.state == TrialState.COMPLETE and t.values]
     if not complete:

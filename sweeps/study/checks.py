@@ -48,6 +48,7 @@ def check_against_model(spec: Any, output: Path, dataframe: Any = None) -> tuple
     """Load data, tokenizer and model source; check ``max_length``, the layer map and every fixed strategy against the
     real model. Returns (study context, number of layers)."""
     from strategies import discover_layers
+    from sweeps.config import is_search
     from sweeps.config.search_space import check_strategy_bounds
     from sweeps.train import StudyContext, check_strategy, layer_spec
 
@@ -60,14 +61,6 @@ def check_against_model(spec: Any, output: Path, dataframe: Any = None) -> tuple
         raise SpecError("layers", str(exc)) from exc
     check_strategy_bounds(spec, layer_map.num_layers)
     for i, entry in enumerate(spec.strategies):
-        if not _has_search(entry):  # searched values are range-checked above; fixed ones are checked here
+        if not any(is_search(v) for v in entry.params.values()):  # searched ranges were checked just above
             check_strategy(entry.name, dict(entry.params), layer_map, index=i)
     return ctx, layer_map.num_layers
-
-
-def _is_search(value: Any) -> bool:
-    return isinstance(value, dict) or (hasattr(value, "model_fields") and hasattr(value, "type"))
-
-
-def _has_search(entry: Any) -> bool:
-    return any(_is_search(v) for v in entry.params.values())
