@@ -140,7 +140,7 @@ def test_sigterm_mid_trial_is_recorded_like_ctrl_c_and_exits_143(
     )
     out = fresh_output(assets, tmp_path / "out")
     proc = start_run(study_file, out, "--no-report")
-    wait_for_log(proc, out, lambda text: "trial 0 epoch 1/2" in text)
+    wait_for_log(proc, out, lambda text: "trial 0 epoch 1/2" in text, timeout=900)  # slow on a loaded machine
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=400) == 143
     stderr = _stderr(out)
