@@ -23,7 +23,6 @@ import torch
 from datagen import generate_sentiment, make_kaggle_example, make_quickstart_dataset
 
 from sweeps import data as sd
-from sweeps.data import batch as data_batch
 from sweeps.data import tokenise as data_tokenise
 from sweeps.errors import DataError
 
@@ -510,20 +509,6 @@ def test_collator_pads_dynamically(tokenizer: Any) -> None:
     assert "length" not in batch
     short = sd.make_collator(tokenizer)([e for e in examples if e["length"] <= 3])
     assert short["input_ids"].shape[1] == 3
-
-
-def test_length_grouped_order() -> None:
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(3, 120, size=1000).tolist()
-    order = data_batch.length_grouped_order(lengths, batch_size=8, seed=3)
-    assert sorted(order) == list(range(1000))
-    assert order == data_batch.length_grouped_order(lengths, batch_size=8, seed=3)
-    assert order != data_batch.length_grouped_order(lengths, batch_size=8, seed=4)
-    assert lengths[order[0]] == max(lengths)  # the longest batch first: out-of-memory shows at step 1
-    padded = sum(max(lengths[i] for i in order[k:k + 8]) * 8 for k in range(0, 1000, 8))
-    random_padded = sum(max(lengths[i] for i in range(k, k + 8)) * 8 for k in range(0, 1000, 8))
-    assert padded < 0.8 * random_padded
-    assert data_batch.length_grouped_order([], 8, 0) == []
 
 
 def test_stratified_folds() -> None:

@@ -163,15 +163,6 @@ class LayersConfig(_Model):
     head: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     other: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
 
-    def to_layer_spec(self) -> Any:
-        """The :class:`strategies.layers.LayerSpec` (imported here, not at module level: it pulls in torch)."""
-        from strategies.layers import LayerSpec
-
-        layers = self.layers if isinstance(self.layers, str) else tuple(self.layers)
-        return LayerSpec(
-            layers=layers, embeddings=tuple(self.embeddings), head=tuple(self.head), other=tuple(self.other)
-        )
-
 
 def _cache_mode(value: Any) -> Any:
     """``cache: off`` is the *boolean* false in YAML 1.1; read it as the user meant it."""
@@ -447,7 +438,3 @@ class StudySpec(_Model):
             raise ValueError(f"unknown fingerprint kind {kind!r}; use 'comparability' or 'full'")
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-SEARCHABLE_TRAINING_FIELDS: tuple[str, ...] = tuple(TrainingConfig.SEARCHABLE)
-"""The ``training`` fields that may be search entries."""

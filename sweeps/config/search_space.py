@@ -30,25 +30,6 @@ def param_name(strategy: str, param: str) -> str:
     return f"{strategy}.{param}"
 
 
-def search_bounds(spec: StudySpec) -> dict[str, tuple[Any, Any] | list[Any]]:
-    """Every strategy hyperparameter the study sets, by Optuna name: ``(low, high)`` for a range, the list of choices
-    for a categorical, ``[value]`` for a fixed value. Lets the runner check ranges against the model once it is
-    loaded (the study file cannot know how many layers a model has)."""
-    out: dict[str, tuple[Any, Any] | list[Any]] = {}
-    for entry in spec.strategies:
-        for key, value in entry.params.items():
-            out[param_name(entry.name, key)] = _bounds_of(value)
-    return out
-
-
-def _bounds_of(value: Any) -> tuple[Any, Any] | list[Any]:
-    if isinstance(value, (IntSpace, FloatSpace)):
-        return (value.low, value.high)
-    if isinstance(value, CategoricalSpace):
-        return list(value.choices)
-    return [value]
-
-
 _LAYER_BOUNDED_FALLBACK = ("n", "start_frozen")
 """The built-ins' layer-bounded parameters (``bottom_n.n``, ``gradual.start_frozen``), assumed for a strategy class
 that does not declare ``layer_bounded_params`` yet."""

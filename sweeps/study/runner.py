@@ -25,7 +25,14 @@ from sweeps.config.search_space import STRATEGY_PARAM
 from sweeps.errors import Interrupted, SpecError, SweepsError
 from sweeps.records import Artifact, StudyAttr, Tag, TrialAttr, trial_model_dir
 from sweeps.signals import ignoring_stop_signals
-from sweeps.study.recovery import HOST, _heartbeat, budget_used, counts_toward_budget, recover_dead_trials
+from sweeps.study.recovery import (
+    HOST,
+    budget_used,
+    counts_toward_budget,
+    heartbeat,
+    recover_dead_trials,
+    study_storage,
+)
 from sweeps.study.storage import database_url, open_study, storage_lock, storage_url
 from sweeps.study.suggest import TrialParams
 from sweeps.track import Tracker
@@ -110,7 +117,7 @@ class StudyRunner:
     def open_parent_run(self) -> str | None:
         """The study's MLflow parent run, created by the first worker only: workers starting together (several
         machines, ``docker compose --scale``) each created one and split the trials between two parents."""
-        storage = getattr(self.study._storage, "_backend", self.study._storage)
+        storage = study_storage(self.study, backend=True)
         with storage_lock(
             storage_url(self.spec),
             f"freeze-sweeps:parent-run:{self.study.study_name}",
@@ -195,7 +202,7 @@ class StudyRunner:
         if run_id:
             trial.set_user_attr(TrialAttr.MLFLOW_RUN, run_id)
         self.say(f"trial {trial.number}: {params.strategy} {params.strategy_params or ''}")
-        with _heartbeat(self.study, trial):
+        with heartbeat(self.study, trial):
             return self._execute(trial, params, run_id)
 
     def _is_surplus(self, trial: optuna.Trial, n_trials: int) -> bool:
