@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_workers.py                    # 200 trials, 4 workers (the documented figure)
     .venv/bin/python bench/bench_workers.py --trials 20 --workers 2 --keep /tmp/bench
     .venv/bin/python bench/bench_workers.py --smoke                  # 4 trials, 1 worker: checks it runs (CI)
+    .venv/bin/python bench/bench_workers.py --soak                   # 100 trials, 4 workers, SIGKILLs (issue 11)
 
 A tiny local BERT (2 layers, hidden 32) is fine-tuned on 32 rows for one epoch per trial, so a trial is a few
 optimizer steps and the run measures the bookkeeping around trials — asking Optuna for a trial, the MLflow parent and
@@ -12,6 +13,11 @@ nested runs, metrics, artifacts, telling Optuna — with ``--workers K`` process
 - Optuna: exactly ``n_trials`` trials ran to an end (complete/pruned/failed by their own error), none left running;
 - no trial number ran twice: one MLflow trial run per Optuna trial, with that trial's number and strategy;
 - MLflow: every trial run is under the study's one parent run and ended (``FINISHED``).
+
+``--soak`` (issue 11) runs the same study while a bounded loop SIGKILLs a random worker every few seconds (from the
+first completed trial on, ``--max-kills`` at most) and the ``--workers`` parent replaces it; it then checks that the
+``n_trials`` completed trials are each recorded once, every other trial is one a kill ended (failed, ``worker_died``),
+one MLflow run per Optuna trial with the matching status, nothing RUNNING, one summary, exit code 1 (workers died).
 
 It prints trials/minute over the whole command (process start-up included) and over the steady state (first trial
 start to last trial end, from Optuna's timestamps). Exit code 0 when every check passed, 1 otherwise.
@@ -180,6 +186,140 @@ def cli_path(value: str) -> Path:
     return Path(os.path.abspath(os.path.expanduser(value)))
 
 
+# -- fault soak: workers SIGKILLed and replaced while the study runs ---------------------------------------------------
+def _live_worker_pids(out: Path) -> list[int]:
+    """Pids of the parent's workers that are alive now, from its "worker i started/restarted (pid N)" lines."""
+    import re
+
+    log = out / "sweeps.log"
+    text = log.read_text() if log.exists() else ""
+    pids = []
+    for match in re.finditer(r"sweeps: worker \d+ (?:started|restarted) \(pid (\d+)\)", text):
+        pid = int(match.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        pids.append(pid)
+    return pids
+
+
+def check_soak(out: Path, study_name: str, n_trials: int, killed_pids: set[int]) -> dict[str, Any]:
+    """After a soak: ``n_trials`` trials completed and each counted once; every other trial is one a kill ended
+    (FAIL, ``worker_died``, its worker among the killed); one MLflow run per Optuna trial, none RUNNING, each with the
+    status its trial ended in; one parent run, finished."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    problems: list[str] = []
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{out / 'optuna.db'}")
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+    killed = [t for t in trials if t.user_attrs.get("worker_died")]
+    counted = [t for t in trials if not t.user_attrs.get("worker_died")]
+    states = Counter(t.state.name for t in trials)
+    if len(counted) != n_trials or any(t.state.name != "COMPLETE" for t in counted):
+        problems.append(f"Optuna: {len(counted)} counted trials, expected {n_trials} complete ({dict(states)})")
+    if states.get("RUNNING") or states.get("WAITING"):
+        problems.append(f"Optuna: trials left {dict(states)}")
+    strangers = [t.number for t in killed if t.state.name != "FAIL" or t.user_attrs.get("pid") not in killed_pids]
+    if strangers:
+        problems.append(f"Optuna: trials marked as killed whose worker was not killed: {strangers[:10]}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(study_name)
+    runs = client.search_runs([experiment.experiment_id], max_results=50000) if experiment else []
+    parents = [r for r in runs if r.data.tags.get("sweeps.role") == "study"]
+    trial_runs = [r for r in runs if r.data.tags.get("sweeps.role") == "trial"]
+    if len(parents) != 1 or parents[0].info.status != "FINISHED":
+        problems.append(f"MLflow: parent runs {[p.info.status for p in parents]}, expected one FINISHED")
+    numbers = Counter(int(r.data.tags["optuna.trial_number"]) for r in trial_runs)
+    if max(numbers.values(), default=1) > 1 or set(numbers) != {t.number for t in trials}:
+        problems.append("MLflow: not exactly one trial run per Optuna trial")
+    by_number = {t.number: t for t in trials}
+    for r in trial_runs:
+        t = by_number.get(int(r.data.tags["optuna.trial_number"]))
+        expected = "FAILED" if t is not None and t.state.name == "FAIL" else "FINISHED"
+        if r.info.status != expected:
+            problems.append(f"MLflow run {r.info.run_name} is {r.info.status}, expected {expected}")
+    return {
+        "optuna_trials": len(trials),
+        "optuna_states": dict(states),
+        "completed_counted": sum(t.state.name == "COMPLETE" for t in counted),
+        "trials_killed": len(killed),
+        "mlflow_trial_runs": len(trial_runs),
+        "mlflow_running": sum(r.info.status == "RUNNING" for r in runs),
+        "problems": problems,
+    }
+
+
+def run_soak(
+    root: Path,
+    n_trials: int = 100,
+    workers: int = 4,
+    kill_every_s: float = 6.0,
+    max_kills: int = 12,
+    model: Path | None = None,
+    seed: int = 0,
+    timeout: float = 3600,
+) -> dict[str, Any]:
+    """``run --workers`` on one study while a bounded loop SIGKILLs a random worker every ``kill_every_s`` seconds
+    (``max_kills`` at most); the parent replaces each dead worker. Then :func:`check_soak`."""
+    import random
+    import signal
+
+    rng = random.Random(seed)
+    study = make_study(root, n_trials, model)
+    out = root / "out"
+    cmd = [sys.executable, "-m", "sweeps", "--quiet", "run", str(study), "--output", str(out), "--workers",
+           str(workers), "--no-report"]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    killed: set[int] = set()
+    log = out / "sweeps.log"
+    next_kill = None  # kills start once a first trial completed: the workers are then inside trials
+    while proc.poll() is None and time.monotonic() - start < timeout:
+        if next_kill is None and log.exists() and ": complete:" in log.read_text():
+            next_kill = time.monotonic() + rng.uniform(0, kill_every_s)
+        if next_kill is not None and len(killed) < max_kills and time.monotonic() >= next_kill:
+            live = [p for p in _live_worker_pids(out) if p not in killed]
+            if live:
+                victim = rng.choice(live)
+                os.kill(victim, signal.SIGKILL)
+                killed.add(victim)
+            next_kill = time.monotonic() + kill_every_s
+        time.sleep(0.2)
+    if proc.poll() is None:
+        proc.kill()
+    stdout, stderr = proc.communicate()
+    result = check_soak(out, "bench-workers", n_trials, killed)
+    result.update(
+        n_trials=n_trials, workers=workers, kills=len(killed), exit_code=proc.returncode,
+        wall_s=time.monotonic() - start, summaries=stdout.count("study bench-workers:"), stderr_tail=stderr[-5000:],
+    )
+    if proc.returncode != (1 if killed else 0):
+        result["problems"].append(f"exit code {proc.returncode}, expected {1 if killed else 0}")
+    if result["summaries"] != 1:
+        result["problems"].append(f"{result['summaries']} summaries printed, expected the parent's one")
+    return result
+
+
+def soak_main(args: argparse.Namespace, root: Path) -> int:
+    result = run_soak(root, args.trials, args.workers, args.kill_every, args.max_kills, model=args.model)
+    shown = {k: v for k, v in result.items() if k != "stderr_tail"}
+    print(json.dumps(shown, indent=1, default=str))
+    print(
+        f"\nsoak: {args.trials} trials, {args.workers} workers, {result['kills']} workers SIGKILLed: "
+        f"{result['completed_counted']} completed and counted once, {result['trials_killed']} trials ended by a kill "
+        f"(failed, not counted), {result['mlflow_trial_runs']} MLflow trial runs, {result['mlflow_running']} RUNNING; "
+        f"{result['wall_s']:.0f}s"
+    )
+    if result["problems"]:
+        print("FAILED:\n  " + "\n  ".join(result["problems"]) + "\n" + result["stderr_tail"], file=sys.stderr)
+        return 1
+    print("every trial recorded exactly once in Optuna and MLflow; nothing left RUNNING")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     # smoke: one trial per strategy (fewer leave the strategies' enqueued first trials WAITING), in this process
@@ -190,9 +330,18 @@ def main() -> int:
     )
     parser.add_argument("--model", type=cli_path, help="a local tiny BERT to use instead of building one")
     parser.add_argument("--smoke", action="store_true", help="a few trials on one worker: checks the benchmark runs")
+    parser.add_argument("--soak", action="store_true", help="fault soak: SIGKILL a random worker every few seconds")
+    parser.add_argument("--kill-every", type=float, default=6.0, help="soak: seconds between kills (default 6)")
+    parser.add_argument("--max-kills", type=int, default=12, help="soak: kills at most (default 12)")
     args = parser.parse_args()
-    args.trials = args.trials or (len(STRATEGIES) if args.smoke else 200)
+    args.trials = args.trials or (len(STRATEGIES) if args.smoke else 100 if args.soak else 200)
     args.workers = args.workers or (1 if args.smoke else 4)
+    if args.soak:
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            return soak_main(args, args.keep)
+        with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
+            return soak_main(args, Path(tmp))
     if args.keep:
         root = args.keep
         root.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ from strategies.optim import (
     ensure_trainable_input,
     first_trainable_block,
     make_optimizer_factory,
+    optimizer_factory,
 )
 from strategies.registry import (
     UnknownStrategyError,
@@ -86,6 +87,7 @@ __all__ = [
     "layer_bounded_params",
     "layer_name",
     "make_optimizer_factory",
+    "optimizer_factory",
     "param_defaults",
     "register",
     "resolve",

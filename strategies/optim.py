@@ -40,6 +40,41 @@ class FrozenParameterChanged(RuntimeError):
     """A parameter changed while it was frozen. This is a bug somewhere, and the trial must not be trusted."""
 
 
+def optimizer_factory(func: Callable[..., torch.optim.Optimizer]) -> Callable[..., torch.optim.Optimizer]:
+    """Mark a function ``f(param_groups, **kwargs) -> torch.optim.Optimizer`` as usable as ``training.optimizer:
+    module:f``. The mark is what makes a plain function acceptable: without it, any importable callable
+    (``os:system``) passed the study check and crashed the trial with an unrelated error."""
+    func.__sweeps_optimizer_factory__ = True  # type: ignore[attr-defined]
+    return func
+
+
+def load_optimizer(ref: str) -> Any:
+    """Import ``module:attr`` and check it is a ``torch.optim.Optimizer`` subclass or an :func:`optimizer_factory`;
+    ``ValueError`` (naming the reference and what it is instead) otherwise."""
+    import importlib
+    import inspect
+
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r} for optimizer {ref!r}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"module {module_name!r} has no attribute {attr!r} (optimizer {ref!r})")
+        obj = getattr(obj, part)
+    if inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer):
+        return obj
+    if callable(obj) and getattr(obj, "__sweeps_optimizer_factory__", False):
+        return obj
+    kind = f"class {obj.__qualname__}" if inspect.isclass(obj) else type(obj).__name__
+    raise ValueError(
+        f"{ref!r} is a {kind}, not a torch.optim.Optimizer subclass nor a function marked with "
+        "@strategies.optim.optimizer_factory"
+    )
+
+
 def make_optimizer_factory(name: str, **kwargs: Any) -> OptimizerFactory:
     """An optimizer constructor by name: ``adamw``, ``adam``, ``sgd`` (``momentum`` etc. via kwargs), ``adafactor``
     (from transformers), or any ``module:Class`` taking ``(param_groups, **kwargs)``."""
@@ -56,10 +91,7 @@ def make_optimizer_factory(name: str, **kwargs: Any) -> OptimizerFactory:
         cls = Adafactor
         kwargs = {"scale_parameter": False, "relative_step": False, "warmup_init": False, **kwargs}
     elif ":" in name:
-        import importlib
-
-        module, _, attr = name.partition(":")
-        cls = getattr(importlib.import_module(module), attr)
+        cls = load_optimizer(name)
     else:
         raise ValueError(f"unknown optimizer {name!r}: use adamw, adam, sgd, adafactor or 'module:Class'")
 

@@ -1,7 +1,8 @@
 """Command line: ``python -m sweeps {run,validate,report,inspect,list-strategies,predict}``.
 
-Exit codes scripts can rely on: 0 success, 1 the run failed (e.g. no trial completed), 2 invalid input (study file,
-arguments, data, model; nothing was run), 130 interrupted (the current trial was recorded; rerun to resume).
+Exit codes scripts can rely on: 0 success, 1 the run failed (e.g. no trial completed, a ``--workers`` worker died),
+2 invalid input (study file, arguments, data, model; nothing was run), 130 interrupted by Ctrl-C and 143 by SIGTERM
+(the current trial was recorded; rerun to resume).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeps.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, SweepsError
+from sweeps.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_TERMINATED, SweepsError
 from sweeps.records import StudyAttr, TrialAttr
 
 if TYPE_CHECKING:
@@ -165,6 +166,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = spec.output_dir
     _setup_logging(out, args.quiet, args.verbose)
     _warn_about(spec)
+    from sweeps.signals import install_stop_handlers
+
+    install_stop_handlers()
     if args.workers > 1:
         return _run_workers(args, spec, out)
     return _run_here(spec, out, report=not args.no_report, resume=_resume_command(args))
@@ -189,16 +193,26 @@ def _resume_command(args: argparse.Namespace) -> str:
     return masked + ("   (with your password in place of ***)" if masked != command else "")
 
 
-def _interrupted(resume: str) -> int:
-    if os.environ.get(_WORKER_ENV):  # a worker of --workers: its parent prints the command to resume
-        log.info("worker %d interrupted; its trial was recorded", os.getpid())
-        return EXIT_INTERRUPTED
+def _interrupted(resume: str, exc: BaseException | None = None) -> int:
+    """Exit code 130 for Ctrl-C, 143 for SIGTERM, after saying how to resume."""
+    code = getattr(exc, "exit_code", EXIT_INTERRUPTED)
+    what = "Terminated (SIGTERM)" if code == EXIT_TERMINATED else "Interrupted"
+    if _is_worker():  # a worker of --workers: its parent prints the command to resume
+        log.info("worker %d %s; its trial was recorded", os.getpid(), what.lower())
+        return code
     log.warning(
-        "\nInterrupted: the current trial was recorded as failed (interrupted); completed trials are kept and the "
+        "\n%s: the current trial was recorded as failed (interrupted); completed trials are kept and the "
         "interrupted one does not count toward n_trials.\nResume with the same command: %s",
+        what,
         resume,
     )
-    return EXIT_INTERRUPTED
+    return code
+
+
+def _is_worker() -> bool:
+    from sweeps.workers import WORKER_ENV
+
+    return bool(os.environ.get(WORKER_ENV))
 
 
 def _run_here(spec: StudySpec, out: Path, report: bool = True, resume: str | None = None) -> int:
@@ -208,14 +222,15 @@ def _run_here(spec: StudySpec, out: Path, report: bool = True, resume: str | Non
     try:
         runner.prepare()
         reports = runner.run()
-    except KeyboardInterrupt:
-        if runner.parent_run_id:  # reopened (RUNNING) by the next run of the study
+    except KeyboardInterrupt as stop:
+        if runner.parent_run_id and not _is_worker():  # reopened (RUNNING) by the next run of the study
             try:
                 runner.tracker.end_run(runner.parent_run_id, "KILLED")
             except Exception as exc:
                 log.debug("parent run not ended: %s", exc)
-        return _interrupted(resume or f"python -m sweeps run {spec.source_path} --output {out}")
-    _summary(runner, out, report)
+        return _interrupted(resume or f"python -m sweeps run {spec.source_path} --output {out}", stop)
+    if not _is_worker():  # one summary, the parent's: it also ends the parent run once every worker is done
+        _summary(runner, out, report)
     completed = [t for t in runner.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     del reports
     if not completed:
@@ -297,59 +312,63 @@ def _answer(study: Any, out: Path) -> list[str]:
     return ["", *sentences[1:]]  # the first sentence (trial counts) repeats the line above the table
 
 
-_WORKER_ENV = "SWEEPS_WORKER_OF"
-
 
 def _run_workers(args: argparse.Namespace, spec: StudySpec, out: Path) -> int:
-    """K worker processes on one study through Optuna's storage; one GPU each when there are enough GPUs."""
+    """K worker processes on one study through Optuna's storage; one GPU each when there are enough GPUs. A worker
+    that dies has its trial failed at once and is replaced while the budget lasts; the exit code is then 1."""
     import torch
 
-    from sweeps.study import StudyRunner
+    from sweeps.signals import ignoring_stop_signals
+    from sweeps.study import StudyRunner, budget_used, recover_dead_trials
+    from sweeps.workers import WORKER_ENV, WorkerPool, worker_command
 
     runner = StudyRunner(spec, out, progress=log.info)  # creates the study and storage once, before the workers race
     runner.parent_run_id = runner.open_parent_run()
     runner._cover_strategies()  # enqueued once here rather than by every worker at once
     gpus = torch.cuda.device_count()
     cores = os.cpu_count() or 1
-    procs = []
-    for i in range(args.workers):
-        env = {**os.environ, _WORKER_ENV: str(os.getpid())}
+    threads = max(1, cores // args.workers) if spec.training.num_threads is None and gpus < args.workers else None
+    cmd = worker_command(args, spec, out, threads)
+
+    def launch(i: int) -> subprocess.Popen[bytes]:
+        env = {**os.environ, WORKER_ENV: str(os.getpid())}
         if gpus >= args.workers:
             env["CUDA_VISIBLE_DEVICES"] = str(i)
-        cmd = [
-            sys.executable,
-            "-m",
-            "sweeps",
-            "--quiet" if args.quiet else "-v" if args.verbose else "--quiet",
-            "run",
-            args.study,
-            "--output",
-            str(out),
-            "--no-report",
-        ]
-        for o in args.overrides:
-            cmd += ["--set", o]
-        if spec.training.num_threads is None and gpus < args.workers:
-            cmd += ["--set", f"training.num_threads={max(1, cores // args.workers)}"]
-        procs.append(subprocess.Popen(cmd, env=env))
-        log.info("worker %d started (pid %d)%s", i, procs[-1].pid, f" on GPU {i}" if gpus >= args.workers else "")
+        proc = subprocess.Popen(cmd, env=env)
+        log.info("worker %d started (pid %d)%s", i, proc.pid, f" on GPU {i}" if gpus >= args.workers else "")
+        return proc
+
+    n_trials = spec.optuna.n_trials
+    pool = WorkerPool(
+        args.workers,
+        launch,
+        recover=lambda: recover_dead_trials(runner.study, runner.tracker, spec.optuna.retry_failed),
+        budget_left=lambda: None if n_trials is None else n_trials - budget_used(runner.study),
+        finished=lambda: sum(t.state.is_finished() for t in runner.study.get_trials(deepcopy=False)),
+    )
     try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        # Ctrl-C in a terminal reaches the workers too; a SIGINT sent to this process alone must stop them as well
-        # (each records its current trial as interrupted; a second SIGINT during that bookkeeping is ignored)
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            p.wait()
-        return _interrupted(_resume_command(args))
-    for i, code in enumerate(codes):
-        if code != 0:  # the others may have finished the study, but a crashed worker must not go unnoticed
-            log.warning("worker %d (pid %d) exited with code %d; its messages are above", i, procs[i].pid, code)
+        pool.start()
+        result = pool.wait()
+    except KeyboardInterrupt as exc:
+        # Ctrl-C in a terminal reaches the workers too; a SIGINT or SIGTERM sent to this process alone must stop them
+        # as well (each records its current trial as interrupted; a second signal during that bookkeeping is ignored)
+        with ignoring_stop_signals():
+            pool.forward(getattr(exc, "signum", signal.SIGINT))
+            recover_dead_trials(runner.study, runner.tracker, spec.optuna.retry_failed)
+            if runner.parent_run_id:
+                runner.tracker.end_run(runner.parent_run_id, "KILLED")
+        return _interrupted(_resume_command(args), exc)
     _summary(runner, out, report=not args.no_report)
-    if all(c != 0 for c in codes):
-        return max(codes)
+    if result.deaths:
+        log.error(
+            "%d worker(s) died (%s)%s; the trials they were running are recorded as failed. Rerun the same command "
+            "to finish the study: %s",
+            len(result.deaths),
+            ", ".join(f"worker {i} pid {pid}: code {code}" for i, pid, code in result.deaths),
+            f"; {result.not_replaced}" if result.not_replaced else "",
+            _resume_command(args),
+        )
+        return EXIT_FAILURE
     return EXIT_OK
 
 
@@ -357,11 +376,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load(args)
     _setup_logging(None, args.quiet, args.verbose)
     _warn_about(spec)
-    if args.model:
-        from sweeps.study import StudyRunner
+    if args.model:  # in a throw-away folder: validation writes nothing to the study folder
+        import tempfile
 
-        out = spec.output_dir
-        StudyRunner(spec, out).prepare()
+        from sweeps.study.checks import check_against_model
+
+        with tempfile.TemporaryDirectory(prefix="sweeps-validate-") as scratch:
+            check_against_model(spec, Path(scratch))
     print(f"{args.study}: OK ({len(spec.strategies)} strategies, objectives {spec.objective_metrics})")
     return EXIT_OK
 
@@ -486,9 +507,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {_masked(exc)}", file=sys.stderr)
             return EXIT_INVALID
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return getattr(exc, "exit_code", EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

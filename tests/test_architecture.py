@@ -19,6 +19,7 @@ LAYERS = {
     "records": 0,
     "health": 0,
     "config": 1,
+    "signals": 1,
     "data": 2,
     "track": 2,
     "report": 2,
@@ -26,10 +27,11 @@ LAYERS = {
     "train": 4,
     "predict": 5,  # the study evaluates its finalists' saved models on the test split through it
     "study": 6,
-    "cli": 7,
-    "api": 7,
-    "__main__": 8,
-    "__init__": 8,  # ``import sweeps`` exposes the notebook API lazily
+    "workers": 7,
+    "cli": 8,
+    "api": 8,
+    "__main__": 9,
+    "__init__": 9,  # ``import sweeps`` exposes the notebook API lazily
 }
 """Every unit of ``sweeps`` (a sub-package or a top-level module) and its layer, bottom (0) to top."""
 

@@ -242,7 +242,12 @@ class TrainingConfig(_Model):
     @field_validator("optimizer")
     @classmethod
     def _check_optimizer(cls, value: str) -> str:
-        if value in BUILTIN_OPTIMIZERS or _IMPORT_REF_RE.match(value):
+        if value in BUILTIN_OPTIMIZERS:
+            return value
+        if _IMPORT_REF_RE.match(value):
+            from strategies.optim import load_optimizer
+
+            load_optimizer(value)  # at validate time: an optimizer class or a marked factory, not any callable
             return value
         tail = f"Use one of {', '.join(BUILTIN_OPTIMIZERS)} or 'package.module:ClassName'"
         raise ValueError(_hinted(f"unknown optimizer {value!r}", value.lower(), BUILTIN_OPTIMIZERS, tail))

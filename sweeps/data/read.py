@@ -6,6 +6,7 @@ allows it, the line.
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import gzip
 import json
@@ -83,6 +84,41 @@ def _open_text(path: Path) -> Any:
     return path.open(encoding="utf-8", errors="replace")
 
 
+def _open_binary(path: Path) -> Any:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if name.endswith(".bz2"):
+        return bz2.open(path, "rb")
+    if name.endswith(".xz"):
+        return lzma.open(path, "rb")
+    return path.open("rb")
+
+
+def _bad_byte_place(path: Path) -> str | None:
+    """Line and byte offset of the first invalid UTF-8 byte in the (decompressed) file. The decoder's own
+    ``exc.start`` counts from the start of whatever chunk pandas handed it, not from the start of the file, so
+    users were sent to the wrong place ("offset 14" for a byte at 114, line 5). None: the file is valid UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, line = 0, 1
+    try:
+        with _open_binary(path) as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as bad:
+                    # the decoder may still hold up to 3 bytes of an incomplete sequence from the previous chunk
+                    held = len(bad.object) - len(chunk)
+                    position = offset - held + bad.start
+                    line += chunk[: max(bad.start - held, 0)].count(b"\n")
+                    return f"bad byte 0x{bad.object[bad.start]:02x} at line {line}, byte offset {position}"
+                line += chunk.count(b"\n")
+                offset += len(chunk)
+    except OSError:
+        pass
+    return None
+
+
 def _json_is_array(path: Path) -> bool:
     """Whether a .json file holds one JSON array (else it is read as JSON Lines, which datasets' to_json writes)."""
     if path.name.lower().endswith((".zst", ".zip")):
@@ -131,6 +167,9 @@ def _read_file(path: Path, fmt: str, field_name: str) -> _Raw:
             try:
                 frame = pd.read_json(path, lines=lines, dtype=False, convert_dates=False, encoding="utf-8")
             except ValueError as exc:
+                bad = _bad_byte_place(path)  # pandas' JSON reader reports bad UTF-8 as a parse error
+                if bad:
+                    raise DataError(f"{where}: not UTF-8 text ({bad})") from exc
                 detail = _jsonl_error_line(path) if lines else str(exc)
                 raise DataError(f"{where}: cannot parse as {'JSON Lines' if lines else 'JSON'}: {detail}") from exc
             line_offset = 1 if lines else None
@@ -146,7 +185,8 @@ def _read_file(path: Path, fmt: str, field_name: str) -> _Raw:
         detail = " ".join(str(exc).split())
         raise DataError(f"{where}: cannot parse as {fmt.upper()}: {detail}") from exc
     except UnicodeDecodeError as exc:
-        raise DataError(f"{where}: not UTF-8 text (bad byte at offset {exc.start})") from exc
+        place = _bad_byte_place(path) or f"bad byte 0x{exc.object[exc.start]:02x}"
+        raise DataError(f"{where}: not UTF-8 text ({place})") from exc
     except ImportError as exc:  # e.g. .zst without the zstandard package
         raise DataError(f"{where}: cannot decompress: {exc}") from exc
     except (OSError, ValueError, EOFError) as exc:  # pyarrow.ArrowInvalid is a ValueError

@@ -9,13 +9,11 @@ they share the study through its storage.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from sweeps.config import StudySpec, is_search
+from sweeps.config import StudySpec
 from sweeps.config.search_space import STRATEGY_PARAM
-from sweeps.errors import SpecError, SweepsError
+from sweeps.errors import Interrupted, SpecError, SweepsError
 from sweeps.records import Artifact, StudyAttr, Tag, TrialAttr, best_model_pointer, metric_attr, trial_model_dir
+from sweeps.signals import ignoring_stop_signals
 from sweeps.study.confirm import choose_finalists, confirmation_seed, enqueue_confirmations, is_confirmation
 from sweeps.study.recovery import (
     HOST,
@@ -89,11 +88,13 @@ class StudyRunner:
         self.say = progress or (lambda msg: log.info(msg))
         self.study = open_study(spec)
         assert spec.tracking.uri is not None and spec.tracking.experiment is not None  # resolved by sweeps.config
+        tracking_uri = database_url(spec.tracking.uri)
         self.tracker = Tracker(
-            database_url(spec.tracking.uri),
+            tracking_uri,
             spec.tracking.experiment,
             artifact_root=output / "mlartifacts",
             enabled=spec.tracking.enabled,
+            setup_lock=storage_lock(tracking_uri, "freeze-sweeps:mlflow-schema"),
         )
         self.ctx: StudyContext | None = None
         self.parent_run_id: str | None = None
@@ -101,23 +102,9 @@ class StudyRunner:
     # -- set-up ---------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
         """Load data, tokenizer and model source once; check every strategy against the real model before trial 0."""
-        from strategies import discover_layers
-        from sweeps.config.search_space import check_strategy_bounds
-        from sweeps.train import StudyContext, check_strategy, layer_spec
+        from sweeps.study.checks import check_against_model
 
-        self.ctx = StudyContext.prepare(self.spec, self.output, dataframe=self.dataframe)
-        model = self.ctx.build_model()
-        try:
-            layer_map = discover_layers(model, layer_spec(self.spec))
-        except ValueError as exc:
-            raise SpecError("layers", str(exc)) from exc
-        check_strategy_bounds(self.spec, layer_map.num_layers)
-        for i, entry in enumerate(self.spec.strategies):
-            if not any(is_search(v) for v in entry.params.values()):  # searched ranges were checked just above
-                strategy = check_strategy(entry.name, dict(entry.params), layer_map, index=i)
-                self._check_schedule_fits(i, entry, strategy, layer_map)
-        self.num_layers = layer_map.num_layers
-        del model, layer_map
+        self.ctx, self.num_layers = check_against_model(self.spec, self.output, dataframe=self.dataframe)
         if self.study.user_attrs.get(StudyAttr.LABELS) != self.ctx.data.label_names:
             self.study.set_user_attr(StudyAttr.LABELS, self.ctx.data.label_names)  # the report's noise rule reads them
         self.parent_run_id = self.open_parent_run()
@@ -132,22 +119,6 @@ class StudyRunner:
                     "labels": ",".join(self.ctx.data.label_names),
                     **self.ctx.model_source.describe(),
                 },
-            )
-
-    def _check_schedule_fits(self, index: int, entry: Any, strategy: Any, layer_map: Any) -> None:
-        """Warn about a schedule (gradual unfreezing, explicit phases) whose last change comes after the last epoch: its
-        trials never train as configured, so they say nothing about the strategy. A warning, not an error: a short
-        smoke run with fewer epochs is legitimate; the epochs it would need are in the message."""
-        from strategies import schedule_end_epoch
-
-        epochs = int(entry.training.get("epochs", self.spec.training.epochs))
-        end = schedule_end_epoch(strategy, layer_map)
-        if end >= epochs:
-            self.say(
-                f"warning: strategies[{index}].params: {entry.name}'s schedule changes for the last time at the start "
-                f"of epoch {end + 1}, but training runs {epochs} epoch{'s' if epochs != 1 else ''}: its trials never "
-                f"train as configured. Use epochs >= {end + 1} (training.epochs or strategies[{index}].training.epochs)"
-                ", or unfreeze faster (e.g. groups_per_step)"
             )
 
     def open_parent_run(self) -> str | None:
@@ -363,6 +334,7 @@ class StudyRunner:
         assert self.ctx is not None
         observer = PruningObserver(trial, self.spec, self.tracker, run_id, self.say)
         model_dir = trial_model_dir(self.output, trial.number)
+        verifications: list[bool] = []  # one per model trained (CV: per fold), whatever ended the training
         try:
             outcome = run_trial(
                 self.ctx,
@@ -371,17 +343,20 @@ class StudyRunner:
                 params.training,
                 observer=observer,
                 model_dir=model_dir,
+                on_verified=verifications.append,
             )
-        except KeyboardInterrupt:
-            with _ignoring_sigint():  # a second Ctrl-C must not cut the bookkeeping short (trial left RUNNING)
-                self.finish(trial, params, run_id, "interrupted", "interrupted (Ctrl-C)")
+        except KeyboardInterrupt as exc:
+            with ignoring_stop_signals():  # a second signal must not cut the bookkeeping short (trial left RUNNING)
+                self.finish(trial, params, run_id, "interrupted", _interrupt_reason(exc))
             raise
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit & co. from user code (a strategy hook) fail the trial, not the study
             if not isinstance(exc, (TrialDiverged, SweepsError, ValueError, RuntimeError, MemoryError)):
                 log.exception("trial %s raised", trial.number)
-            return self.finish(trial, params, run_id, "failed", _failure_reason(exc))
+            return self.finish(trial, params, run_id, "failed", _failure_reason(exc), verifications=verifications)
         if isinstance(outcome, Stopped):
-            return self.finish(trial, params, run_id, "pruned", outcome.reason, epochs=observer.epochs)
+            return self.finish(
+                trial, params, run_id, "pruned", outcome.reason, epochs=observer.epochs, verifications=verifications
+            )
         return self._complete(trial, params, run_id, outcome)
 
     def finish(
@@ -393,11 +368,14 @@ class StudyRunner:
         reason: str,
         *,
         epochs: Sequence[EpochResult] = (),
+        verifications: Sequence[bool] = (),
     ) -> TrialReport:
         """Record a trial that did not complete (``how``: pruned, failed or interrupted, see :data:`ENDINGS`) with
         ``reason``, in Optuna and MLflow; its saved model (if any) is removed. A failed trial's memory is released
-        before the next one starts; a pruned trial's epochs are kept for the report's learning curves. The reason is
-        recorded *before* the trial is told: a finished trial's attributes can no longer be changed."""
+        before the next one starts; a pruned trial's epochs are kept for the report's learning curves. A trial that
+        trained records ``frozen_params_verified`` from ``verifications`` (the checks of what was frozen up to where
+        training stopped), as completed trials do. The reason is recorded *before* the trial is told: a finished trial's
+        attributes can no longer be changed."""
         from sweeps.study.artifacts import remove_dir, write_epochs
         from sweeps.train import release_memory
 
@@ -411,6 +389,9 @@ class StudyRunner:
             trial.set_user_attr(TrialAttr.INTERRUPTED, True)
         if ending.state == TrialState.FAIL:
             trial.set_user_attr(TrialAttr.FAIL_REASON, reason)
+        if verifications:
+            trial.set_user_attr(TrialAttr.FROZEN_VERIFIED, all(verifications))
+            self.tracker.set_tags(run_id, {Tag.FROZEN_VERIFIED: str(all(verifications)).lower()})
         self.study.tell(trial, state=ending.state)
         self.tracker.set_tags(run_id, {Tag.STATUS: ending.status_tag, ending.reason_tag: reason})
         self.tracker.end_run(run_id, ending.mlflow_status)
@@ -461,18 +442,19 @@ def _metric_attr(trial: optuna.trial.FrozenTrial, metric: str) -> float | None:
     return None if value is None else float(value)
 
 
-@contextlib.contextmanager
-def _ignoring_sigint() -> Iterator[None]:
-    """SIGINT ignored inside the block (main thread only; elsewhere signals cannot be set and none arrive)."""
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+def _interrupt_reason(exc: KeyboardInterrupt) -> str:
+    """Ctrl-C or SIGTERM (the CLI's handlers raise :class:`Interrupted`); a bare ``KeyboardInterrupt`` raised by code
+    inside the trial (a strategy hook) says where it came from, so the cause is not lost."""
+    if isinstance(exc, Interrupted):
+        return exc.reason
+    return f"interrupted: KeyboardInterrupt raised{_raised_at(exc)}"
+
+
+def _raised_at(exc: BaseException) -> str:
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" at {Path(frames[-1].filename).name}:{frames[-1].lineno} ({frames[-1].name})" if frames else ""
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -480,4 +462,6 @@ def _failure_reason(exc: BaseException) -> str:
 
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return f"out of memory: {exc}".strip()
+    if not isinstance(exc, Exception):  # SystemExit, GeneratorExit or a user BaseException (e.g. sys.exit in a hook)
+        return f"{type(exc).__name__}({exc}) raised inside the trial{_raised_at(exc)}"
     return f"{type(exc).__name__}: {exc}"

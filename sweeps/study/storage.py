@@ -16,7 +16,7 @@ import optuna
 
 from sweeps.config import StudySpec
 from sweeps.errors import SpecError, SweepsError
-from sweeps.records import StudyAttr
+from sweeps.records import StudyAttr, TrialAttr
 from sweeps.study.sampling import make_pruner, make_sampler
 
 
@@ -110,12 +110,7 @@ def storage_lock(url: str, name: str, engine: Any = None) -> Iterator[None]:
             if own:
                 engine.dispose()
         return
-    path = None
-    if scheme == "sqlite":
-        database = url.split(":///", 1)[1] if ":///" in url else ""
-        path = Path(database) if database and not database.startswith(":memory:") else None
-    elif url.startswith("journal:"):
-        path = Path(url.split(":", 1)[1])
+    path = lock_file_target(url)
     try:
         import fcntl
     except ImportError:  # Windows: no cross-process file lock here
@@ -130,6 +125,20 @@ def storage_lock(url: str, name: str, engine: Any = None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def lock_file_target(url: str) -> Path | None:
+    """The database file a lock file for ``url`` goes next to (None: no file to lock). The URL's query is dropped:
+    ``sqlite:///optuna.db?password=...`` made a lock file named ``optuna.db?password=S3CRETPW.lock``, a secret in a
+    file name that every ``ls`` and backup listing shows."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme == "sqlite":
+        database = url.split(":///", 1)[1] if ":///" in url else ""
+        database = database.split("?", 1)[0]
+        return Path(database) if database and not database.startswith(":memory:") else None
+    if url.startswith("journal:"):
+        return Path(url.split(":", 1)[1].split("?", 1)[0])
+    return None
 
 
 def _serialize_sqlite(engine: Any) -> None:
@@ -175,6 +184,8 @@ def open_study(spec: StudySpec) -> optuna.Study:
         )
     fingerprint = spec.fingerprint()
     old = study.user_attrs.get(StudyAttr.FINGERPRINT)
+    if old is not None and old != fingerprint and not _has_finished_trials(study):
+        old = None  # nothing to compare with yet: a study without finished trials takes the new fingerprint
     if old is None:
         study.set_user_attr(StudyAttr.FINGERPRINT, fingerprint)
         study.set_user_attr(StudyAttr.OBJECTIVES, spec.objective_metrics)
@@ -186,3 +197,10 @@ def open_study(spec: StudySpec) -> optuna.Study:
             "--output folder; harmless changes such as optuna.n_trials are accepted.",
         )
     return study
+
+
+def _has_finished_trials(study: optuna.Study) -> bool:
+    """Whether any trial ran to an end (surplus asks, which never ran, do not count)."""
+    return any(
+        t.state.is_finished() and not t.user_attrs.get(TrialAttr.SURPLUS) for t in study.get_trials(deepcopy=False)
+    )

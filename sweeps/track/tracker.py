@@ -12,6 +12,7 @@ epoch with ``step = epoch``, and the trial's final values under the same names a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -38,7 +39,18 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
 class Tracker:
     """Thin, explicit wrapper over ``MlflowClient`` for the study's runs. ``enabled=False`` makes every call a no-op."""
 
-    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        artifact_root: Path | None = None,
+        enabled: bool = True,
+        setup_lock: contextlib.AbstractContextManager[Any] | None = None,
+    ) -> None:
+        """``setup_lock``: held while MLflow creates (migrates) its store and the experiment. Two processes starting
+        together on a blank ``mlflow.db`` both ran MLflow's schema migrations and one died with alembic's "Online
+        migration expected to match one row ... 0 found"; the study passes a lock shared by every process using
+        the store."""
         self.uri = uri
         self.enabled = enabled
         self.experiment_name = experiment
@@ -46,6 +58,10 @@ class Tracker:
         if not enabled:
             return
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        with setup_lock or contextlib.nullcontext():
+            self._open(uri, experiment, artifact_root)
+
+    def _open(self, uri: str, experiment: str, artifact_root: Path | None) -> None:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)

@@ -7,6 +7,7 @@ The real ``from_pretrained`` code path is used for all three; offline, a hub id 
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +46,26 @@ def _folder_hash(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def locate_package(name: str) -> importlib.machinery.ModuleSpec | None:
+    """Where an installed package is, without importing it: ``importlib.util.find_spec('a.b')`` imports ``a`` (runs
+    its ``__init__``), and ``package:`` is documented to only read the ``model/`` folder inside a package. The top
+    level is looked up through the import system's finders (they only locate), sub-packages on their parent's path."""
+    top, *rest = name.split(".")
+    try:
+        found = importlib.util.find_spec(top)  # a top-level name is located, not imported
+    except (ImportError, ValueError):
+        return None
+    for part in rest:
+        if found is None or not found.submodule_search_locations:
+            return None
+        found = importlib.machinery.PathFinder.find_spec(part, list(found.submodule_search_locations))
+    return found
+
+
 def resolve_model(spec: str, base_dir: Path | None = None, revision: str | None = None) -> ModelSource:
     if spec.startswith("package:"):
         package = spec.split(":", 1)[1]
-        found = importlib.util.find_spec(package)
+        found = locate_package(package)
         if found is None or not found.submodule_search_locations:
             raise ModelLoadError(
                 f"task.model: Python package {package!r} is not installed (pip install {package.replace('_', '-')})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -146,9 +147,14 @@ def train_once(
     *,
     observer: EpochObserver | None = None,
     save_to: Path | None = None,
+    on_verified: Callable[[bool], None] | None = None,
 ) -> tuple[LoopResult, bool, list[dict[str, Any]], str, dict[str, Any]]:
     """Train one model; returns (loop result, frozen verified, layer table, table text, cache stats). When the
-    observer stopped the loop (``result.stop_reason``), nothing is verified or saved: the trial is abandoned."""
+    observer stopped the loop (``result.stop_reason``), nothing is verified or saved: the trial is abandoned.
+
+    ``on_verified(ok)`` hears the verification of what was frozen up to the end of training however it ended —
+    completed, stopped by the observer (pruned) or failed after training started — so every trial that trained
+    carries the proof, not only completed ones."""
     from transformers import set_seed
 
     set_seed(training.seed)
@@ -220,10 +226,17 @@ def train_once(
     )
     memory.reset()
     try:
-        result = loop.run()
+        try:
+            result = loop.run()
+        except Exception:
+            _report_verification(controller, on_verified)
+            raise
         if result.stop_reason is not None:
+            _report_verification(controller, on_verified)
             return result, False, table, table_text, {}
         verified = controller.finish()
+        if on_verified is not None:
+            on_verified(verified)
         controller.require_verified()
         stats = dict(getattr(runner, "stats", {}) or {})
         if save_to is not None:
@@ -234,6 +247,18 @@ def train_once(
         runner.close()
         del loop, controller, model, runner
         release_memory(ctx.device)
+
+
+def _report_verification(controller: FreezeController, on_verified: Callable[[bool], None] | None) -> None:
+    """The checksum comparison after an interrupted training (pruned or failed); a failure to compare must not hide
+    the error that ended training."""
+    if on_verified is None:
+        return
+    try:
+        verified = controller.finish()
+    except Exception:
+        return
+    on_verified(verified)
 
 
 def release_memory(device: torch.device) -> None:
@@ -269,13 +294,14 @@ def run_trial(
     *,
     observer: TrialObserver | None = None,
     model_dir: Path | None = None,
+    on_verified: Callable[[bool], None] | None = None,
 ) -> TrialOutcome | Stopped:
     """Train with one strategy: on the train/validation split, or over stratified folds when ``task.cv.folds`` ≥ 2
     (the objective is then the mean over folds; out-of-fold predictions are returned). The observer sees every epoch
     of a train/validation run, or the running mean after every fold; when it returns a reason the trial stops and
     :class:`Stopped` is returned."""
     if ctx.spec.task.cv.enabled:
-        return _run_cv(ctx, strategy_name, strategy_params, training, observer, model_dir)
+        return _run_cv(ctx, strategy_name, strategy_params, training, observer, model_dir, on_verified)
     result, verified, table, text, stats = train_once(
         ctx,
         strategy_name,
@@ -286,6 +312,7 @@ def run_trial(
         {"train": ctx.split_keys["train"], "eval": ctx.split_keys["validation"]},
         observer=observer,
         save_to=model_dir,
+        on_verified=on_verified,
     )
     if result.stop_reason is not None:
         return Stopped(result.stop_reason)
@@ -313,6 +340,7 @@ def _run_cv(
     training: TrainingConfig,
     observer: TrialObserver | None,
     model_dir: Path | None,
+    on_verified: Callable[[bool], None] | None = None,
 ) -> TrialOutcome | Stopped:
     folds = ctx.spec.task.cv.folds
     train = ctx.tokenized["train"]
@@ -336,6 +364,7 @@ def _run_cv(
             train.select(val_idx),
             {"train": key + "-train", "eval": key + "-val"},
             save_to=(model_dir / f"fold_{k}") if model_dir else None,
+            on_verified=on_verified,
         )
         verified_all &= verified
         assert result.eval_probs is not None

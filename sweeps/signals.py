@@ -1,0 +1,43 @@
+"""Stop signals as exceptions: SIGINT and SIGTERM both unwind through the trial's bookkeeping.
+
+SIGTERM (``docker stop``, Kubernetes, batch schedulers) used to kill the process outright, leaving the trial and its
+MLflow runs RUNNING until the next run; with :func:`install_stop_handlers` it raises
+:class:`~sweeps.errors.Interrupted`, a ``KeyboardInterrupt``, and is recorded like Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+from sweeps.errors import Interrupted
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def install_stop_handlers() -> None:
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (the CLI's ``run``)."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, _raise_interrupted)
+
+
+@contextlib.contextmanager
+def ignoring_stop_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored inside the block (main thread only; elsewhere signals cannot be set and none
+    arrive): a second Ctrl-C, or the SIGTERM that follows a Ctrl-C, must not cut bookkeeping short."""
+    try:
+        previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
