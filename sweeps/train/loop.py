@@ -7,7 +7,9 @@ the LR schedule must follow groups added later, frozen blocks run in eval mode, 
 
 Per epoch it reports: ``train_loss``, ``eval_loss``, ``accuracy``, ``f1_macro``, ``f1_weighted``, ``epoch_time_s``
 (training only), ``eval_time_s``, ``samples_per_s``, ``peak_memory_mb`` (this trial's peak so far),
-``trainable_params`` and ``lr/<group>`` for every layer group.
+``trainable_params`` and ``lr/<group>`` for every layer group: the mean LR the group trained at over the epoch's
+optimizer steps (0 while frozen). Read at epoch end instead, a linear decay reads 0 in the last epoch, and a group that
+gradual unfreezing opened in that epoch would look as if it never trained.
 """
 
 from __future__ import annotations
@@ -154,6 +156,8 @@ class TrainingLoop:
         self.on_epoch_end = on_epoch_end
         self.on_step = on_step
         self.global_step = 0
+        self._lr_sums: dict[str, float] = {}
+        self._lr_steps = 0
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" and device.type == "cuda" else None
 
     # -- plan -----------------------------------------------------------------------------------------------------
@@ -188,7 +192,7 @@ class TrainingLoop:
                 "peak_memory_mb": self.memory.peak_mb(),
                 "trainable_params": float(self.controller.trainable_params()),
             }
-            epoch_result = EpochResult(epoch, metrics, self.controller.learning_rates(), changed)
+            epoch_result = EpochResult(epoch, metrics, self._epoch_learning_rates(), changed)
             result.epochs.append(epoch_result)
             value = metrics[cfg.metric]
             if best_value is None or _is_better(cfg.metric, value, best_value):
@@ -203,6 +207,18 @@ class TrainingLoop:
                 break
         return result
 
+    def _epoch_learning_rates(self) -> dict[str, float]:
+        """Mean LR per group over this epoch's optimizer steps (the current LRs when the epoch took no step)."""
+        if not self._lr_steps:
+            return self.controller.learning_rates()
+        return {name: total / self._lr_steps for name, total in self._lr_sums.items()}
+
+    def _record_learning_rates(self) -> None:
+        """Add the LRs the coming optimizer step uses; groups not in the optimizer (frozen) add 0."""
+        for name, lr in self.controller.learning_rates().items():
+            self._lr_sums[name] = self._lr_sums.get(name, 0.0) + lr
+        self._lr_steps += 1
+
     def _trainable(self) -> list[nn.Parameter]:
         assert self.controller.optimizer is not None
         return [p for g in self.controller.optimizer.param_groups for p in g["params"]]
@@ -213,6 +229,7 @@ class TrainingLoop:
         optimizer = self.controller.optimizer
         assert optimizer is not None
         optimizer.zero_grad(set_to_none=True)
+        self._lr_sums, self._lr_steps = {}, 0
         loss_sum, batches, seen = 0.0, 0, 0
         n_batches = len(self.train_loader)
         start = time.perf_counter()
@@ -262,6 +279,7 @@ class TrainingLoop:
         assert optimizer is not None
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
+        self._record_learning_rates()
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self._trainable(), cfg.max_grad_norm)
         if self.scaler is not None:
