@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sweeps.report.table import rank_completed
+
 THRESHOLDS = (0.99, 0.98)
 """Quality levels, relative to the best trial, at which the cheapest trial is named in the recommendation."""
 
@@ -105,12 +107,11 @@ def recommendation(
         reasons = Counter(str(r).split("\n")[0][:160] or "no reason recorded" for r in failed["fail_reason"])
         out.append("Failure reasons: " + "; ".join(f"{r} ({n}×)" for r, n in reasons.most_common(5)) + ".")
 
-    done = table[(table["state"] == "complete") & table[metric].notna()] if len(table) else table
+    done = rank_completed(table, metric, direction)
+    ascending = direction == "minimize"
     if done.empty:
         out.append(f"No trial completed with a {metric}, so there is nothing to compare or recommend yet.")
         return out
-    ascending = direction == "minimize"
-    done = done.sort_values([metric, "epoch_time_s", "number"], ascending=[ascending, True, True], na_position="last")
     best = done.iloc[0]
     best_value = float(best[metric])
     cost = _cost_text(best)

@@ -174,6 +174,29 @@ def best_per_strategy(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     return best.reset_index(drop=True)
 
 
+def rank_completed(table: pd.DataFrame, metric: str, direction: str) -> pd.DataFrame:
+    """Completed trials with ``metric``, best first; ties go to the cheaper epoch time, then the earlier trial.
+
+    This is *the* rule for "the best trial" (report, recommendation, MLflow parent run, kept model): change it here
+    and every place follows."""
+    done = table[(table["state"] == "complete") & table[metric].notna()] if len(table) else table
+    if done.empty:
+        return done
+    ascending = direction == "minimize"
+    return done.sort_values([metric, "epoch_time_s", "number"], ascending=[ascending, True, True], na_position="last")
+
+
+def best_trial_number(study: optuna.Study, metric: str | None = None, direction: str | None = None) -> int | None:
+    """The number of the study's best trial by :func:`rank_completed` (None before any trial completed); metric and
+    direction default to the ones recorded in the study (its first quality objective)."""
+    if metric is None:
+        metric, study_direction = _study_metric(study)
+        direction = direction or study_direction
+    direction = direction or _direction_of(metric)
+    ranked = rank_completed(trials_table(study, metric=metric, direction=direction), metric, direction)
+    return None if ranked.empty else int(ranked.iloc[0]["number"])
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub markdown table without ``tabulate`` (which ``DataFrame.to_markdown`` needs and the project does not
     depend on)."""

@@ -274,6 +274,7 @@ class StudyRunner:
         self.tracker.set_tags(run_id, {"sweeps.status": "complete"})
         self.tracker.end_run(run_id, "FINISHED")
         self._keep_if_best(trial.number, model_dir, run_id)
+        self._log_best_to_parent()
         self.say(
             f"trial {trial.number}: complete: {metric}={outcome.metrics[metric]:.4f} "
             f"f1_macro={outcome.metrics['f1_macro']:.4f} epoch_time={outcome.metrics['epoch_time_s']:.1f}s "
@@ -292,7 +293,6 @@ class StudyRunner:
         last = len(outcome.epochs) - 1
         final = {k: v for k, v in outcome.metrics.items()}
         self.tracker.log_metrics(run_id, final, step=max(last, 0))
-        self.tracker.log_metrics(run_id, {f"final/{k}": v for k, v in final.items()}, step=0)
         for k, v in outcome.metrics.items():
             trial.set_user_attr(f"metric.{k}", v)
         trial.set_user_attr("frozen_params_verified", outcome.frozen_params_verified)
@@ -328,13 +328,12 @@ class StudyRunner:
         """Keep the saved model of the best trial only (by the first objective); remove the others."""
         from sweeps.train import remove_dir
 
-        try:
-            best = self.study.best_trials[0] if len(self.objectives) > 1 else self.study.best_trial
-        except ValueError:
+        best = self._best_trial_number()
+        if best is None:
             return
         pointer = self.output / "models" / "best.json"
         previous = json.loads(pointer.read_text()).get("trial") if pointer.exists() else None
-        if best.number == number:
+        if best == number:
             tmp = pointer.with_suffix(".tmp")
             tmp.write_text(json.dumps(
                     {
@@ -349,9 +348,45 @@ class StudyRunner:
                 remove_dir(self.output / "models" / f"trial_{previous}")
             if run_id and model_dir.exists():
                 self.tracker.set_tags(run_id, {"sweeps.best_model": "true"})
-                self.tracker.log_dir(run_id, model_dir, "model")
+                self._log_model(run_id, model_dir)
         else:
             remove_dir(model_dir)
+
+    def _best_trial_number(self) -> int | None:
+        """The study's best trial by the report's rule (one helper owns it: :func:`sweeps.report.best_trial_number`)."""
+        from sweeps.report.table import best_trial_number, primary_metric
+
+        return best_trial_number(self.study, *primary_metric(self.spec))
+
+    def _log_best_to_parent(self) -> None:
+        """The best trial's metrics, number, strategy and parameters on the parent run, refreshed after each trial."""
+        if not self.parent_run_id:
+            return
+        number = self._best_trial_number()
+        if number is None:
+            return
+        best = self.study.trials[number]
+        metrics = {k[len("metric.") :]: v for k, v in best.user_attrs.items() if k.startswith("metric.")}
+        complete = sum(t.state == TrialState.COMPLETE for t in self.study.get_trials(deepcopy=False))
+        try:
+            self.tracker.log_best(
+                self.parent_run_id, number, str(best.user_attrs.get("strategy", "?")),
+                {k: v for k, v in best.params.items() if k != "strategy"}, metrics, step=complete,
+            )
+        except Exception as exc:  # the study's record is Optuna's; the parent run is a view of it
+            log.warning("best trial %s not logged to the MLflow parent run: %s", number, exc)
+
+    def _log_model(self, run_id: str, model_dir: Path) -> None:
+        """The best model as an MLflow transformers model (a Logged Model); the plain folder if the flavour fails
+        (CV trials save one folder per fold, which is no single pipeline)."""
+        try:
+            if (model_dir / "config.json").exists():
+                uri = self.tracker.log_transformers_model(run_id, model_dir)
+                self.tracker.set_tags(run_id, {"sweeps.model_uri": uri or ""})
+                return
+        except Exception as exc:
+            log.warning("best model not logged with the MLflow transformers flavour (%s); logging the folder", exc)
+        self.tracker.log_dir(run_id, model_dir, "model")
 
 
 class _LayerCount:

@@ -183,4 +183,17 @@ def open_study(spec: Any, output: Path) -> optuna.Study:
             "way that makes old and new trials incomparable). Use a new study name (--set name=...) or a new "
             "--output folder; harmless changes such as optuna.n_trials are accepted.",
         )
+    _name_metrics(study, [m for m, _ in objectives(spec)])
     return study
+
+
+def _name_metrics(study: optuna.Study, names: list[str]) -> None:
+    """Objective names for optuna-dashboard and ``trials_dataframe`` (else "Objective 0"); set on resume too, so
+    studies created before this existed get them."""
+    import warnings
+
+    if study.metric_names == names:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
