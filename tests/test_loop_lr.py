@@ -72,3 +72,21 @@ def test_full_fine_tune_lr_decays_per_epoch_mean() -> None:
     assert result.epochs[0].learning_rates["head"] == pytest.approx(sum(head[:per_epoch]) / per_epoch)
     assert result.epochs[1].learning_rates["head"] == pytest.approx(sum(head[per_epoch:]) / per_epoch)
     assert result.epochs[0].learning_rates["head"] > result.epochs[1].learning_rates["head"] > 0
+
+
+def test_progress_lines_without_a_terminal(caplog: pytest.LogCaptureFixture) -> None:
+    """Under nohup/Docker/CI (no TTY) an epoch logs "batch i/total, samples/s, ETA" lines, at a bounded interval."""
+    import logging
+
+    from sweeps.train.loop import _progress_lines
+
+    batches = _loader(5, 0)
+    with caplog.at_level(logging.INFO, logger="sweeps.train.progress"):
+        assert list(_progress_lines(batches, "epoch 1/1", interval_s=0.0)) == batches
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4  # after each batch but the last (the epoch line follows it)
+    assert lines[0].startswith("  epoch 1/1: batch 1/5, ") and "samples/s, ETA " in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sweeps.train.progress"):
+        list(_progress_lines(batches, "epoch 1/1", interval_s=3600.0))
+    assert not caplog.records  # bounded: nothing within the interval

@@ -15,9 +15,10 @@ gradual unfreezing opened in that epoch would look as if it never trained.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,8 @@ from strategies import FreezeController, LayerMap, Strategy, frozen_prefix_depth
 from sweeps.metrics import classification_metrics
 from sweeps.train.forward import DirectForward, ForwardRunner
 from sweeps.train.memory import PeakMemory
+
+log = logging.getLogger("sweeps.train.progress")
 
 
 class TrialDiverged(RuntimeError):
@@ -51,6 +54,7 @@ class LoopConfig:
     metric: str = "accuracy"
     divergence_factor: float = 10.0
     group_by_length: bool = False
+    progress_interval_s: float = 30.0  # progress lines without a terminal: at most one per this many seconds
 
 
 @dataclass
@@ -106,16 +110,41 @@ class ScheduleFactor:
         self._scheduler.step()
 
 
-def _progress(loader: DataLoader, desc: str) -> Any:
-    """A batch progress bar on an interactive terminal (never in logs, CI or when ``--quiet``)."""
-    import logging
+def _progress(loader: DataLoader, desc: str, interval_s: float) -> Any:
+    """A tqdm bar on an interactive terminal; elsewhere (nohup, Docker, CI logs) a progress line at most every
+    ``interval_s`` seconds, so a long epoch is not minutes of silence. Nothing when ``--quiet``."""
     import sys
 
-    if not sys.stderr.isatty() or logging.getLogger("sweeps").getEffectiveLevel() > logging.INFO:
+    if log.getEffectiveLevel() > logging.INFO:
         return loader
-    from tqdm.auto import tqdm
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
 
-    return tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
+        return tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
+    return _progress_lines(loader, desc, interval_s)
+
+
+def _progress_lines(loader: DataLoader, desc: str, interval_s: float) -> Iterator[Any]:
+    """Yield the loader's batches, logging "batches done/total, samples/s, ETA" at a bounded interval."""
+    total = len(loader)
+    start = last = time.perf_counter()
+    seen = 0
+    for i, batch in enumerate(loader, start=1):
+        yield batch
+        labels = batch.get("labels") if isinstance(batch, dict) else None
+        seen += int(labels.shape[0]) if labels is not None else 0
+        now = time.perf_counter()
+        if now - last >= interval_s and i < total:
+            last = now
+            elapsed = now - start
+            eta = elapsed / i * (total - i)
+            log.info("  %s: batch %d/%d, %.1f samples/s, ETA %s", desc, i, total, seen / elapsed if elapsed else 0.0,
+                     _duration(eta))
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _is_better(metric: str, new: float, old: float) -> bool:
@@ -233,7 +262,7 @@ class TrainingLoop:
         loss_sum, batches, seen = 0.0, 0, 0
         n_batches = len(self.train_loader)
         start = time.perf_counter()
-        batches_iter = _progress(self.train_loader, f"epoch {epoch + 1}/{cfg.epochs}")
+        batches_iter = _progress(self.train_loader, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress_interval_s)
         for i, batch in enumerate(batches_iter):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with autocast_context(self.device, cfg.precision):
