@@ -77,6 +77,10 @@ def test_run_logs_every_trial_to_mlflow_and_resumes(assets: tuple[Path, Path], t
     assert [h.step for h in client.get_metric_history(parent_id, "best_trial")][-1] == 3  # refreshed per trial
     assert loaded.metric_names == ["accuracy"]  # optuna-dashboard's axis name, not "Objective 0"
 
+    # nothing left to do: said so, nothing run
+    assert main(["run", str(study), "--output", str(out), "--set", "optuna.n_trials=3", "--no-report"]) == 0
+    assert "study complete: 3 of 3 trials; nothing to run" in (out / "sweeps.log").read_text()
+
     # report prints the comparison table
     assert main(["report", str(study), "--output", str(out), "--format", "csv"]) == 0
     assert (out / "report" / "index.html").exists()

@@ -126,6 +126,8 @@ class StudyRunner:
         n_trials = self.spec.optuna.n_trials
         deadline = time.monotonic() + self.spec.optuna.timeout if self.spec.optuna.timeout else None
         reports = []
+        if n_trials is not None and (used := budget_used(self.study)) >= n_trials:
+            self.say(f"study complete: {used} of {n_trials} trials; nothing to run")
         while True:
             if n_trials is not None and budget_used(self.study) >= n_trials:
                 break
