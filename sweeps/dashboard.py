@@ -7,7 +7,9 @@ stores hold everything the study logged, and neither server has authentication.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -31,6 +33,7 @@ class Server:
     name: str
     url: str
     command: list[str]
+    ready_path: str = ""  # polled until it answers; the URL itself when empty
     process: subprocess.Popen | None = None
 
 
@@ -60,7 +63,8 @@ def plan_servers(spec: Any, out: Path, optuna_port: int | None, mlflow_port: int
         else:
             servers.append(Server("MLflow UI", f"http://{HOST}:{mlflow_port}/",
                                   [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                                   "--host", HOST, "--port", str(mlflow_port)]))
+                                   "--host", HOST, "--port", str(mlflow_port), "--workers", "1"],
+                                  ready_path="health"))  # one worker: a viewer, not a shared tracking server
     return servers
 
 
@@ -72,7 +76,7 @@ def _wait_ready(server: Server, timeout_s: float) -> None:
             raise SweepsError(f"dashboard: {server.name} exited with code {server.process.returncode} "
                               f"(is port {server.url.rsplit(':', 1)[1].strip('/')} in use?)")
         try:
-            with urllib.request.urlopen(server.url, timeout=2):
+            with urllib.request.urlopen(server.url + server.ready_path, timeout=2):
                 return
         except (urllib.error.URLError, OSError):
             time.sleep(0.5)
@@ -80,21 +84,25 @@ def _wait_ready(server: Server, timeout_s: float) -> None:
 
 
 def _stop(servers: list[Server]) -> None:
+    """SIGTERM to each server's process group (uvicorn and gunicorn have worker children), SIGKILL after 15 s."""
     for server in servers:
         if server.process is not None and server.process.poll() is None:
-            server.process.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.process.pid, signal.SIGTERM)
     for server in servers:
         if server.process is None:
             continue
         try:
             server.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            server.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.process.pid, signal.SIGKILL)
             server.process.wait()
 
 
-def serve(servers: list[Server], timeout_s: float = 120.0) -> int:
-    """Start the servers, print their URLs once they answer, wait for Ctrl-C (or SIGTERM), stop them; exit 0."""
+def serve(servers: list[Server], timeout_s: float = 180.0) -> int:
+    """Start the servers, print their URLs once they answer, wait for Ctrl-C (or SIGTERM), stop them; exit 0.
+    A Ctrl-C while they start raises KeyboardInterrupt as anywhere else; they are stopped either way."""
     if not servers:
         raise SweepsError("dashboard: nothing to start (both --no-optuna and --no-mlflow)")
     stop = {"now": False}
@@ -102,13 +110,17 @@ def serve(servers: list[Server], timeout_s: float = 120.0) -> int:
     def on_signal(signum: int, frame: Any) -> None:
         stop["now"] = True
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM while starting: same as Ctrl-C
     try:
         for server in servers:
             server.process = subprocess.Popen(server.command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL, start_new_session=True)
         for server in servers:
             _wait_ready(server, timeout_s)
+        for s in previous:
+            signal.signal(s, on_signal)
+        for server in servers:
             print(f"{server.name}: {server.url}", flush=True)
         print("Ctrl-C to stop.", flush=True)
         while not stop["now"]:

@@ -29,7 +29,7 @@ def _get(url: str) -> tuple[int, bytes]:
         return response.status, response.read()
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_dashboard_serves_both_uis_on_loopback_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     pytest.importorskip("optuna_dashboard", reason="optuna-dashboard not installed (dashboard/dev extras)")
     import optuna
@@ -39,8 +39,10 @@ def test_dashboard_serves_both_uis_on_loopback_and_stops_on_ctrl_c(tmp_path: Pat
     out.mkdir()
     study_file = write_study(tmp_path / "study.yaml", make_tiny_model(tmp_path / "model"),
                              make_dataset(tmp_path / "data"))
-    study = optuna.create_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}", direction="maximize")
-    study.set_metric_names(["accuracy"])
+    from sweeps.config import load_spec
+    from sweeps.study.storage import open_study
+
+    study = open_study(load_spec(str(study_file), [], output=str(out)), out)  # names its metrics, as `run` does
     study.add_trial(optuna.trial.create_trial(value=0.75))
     client = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
     client.create_experiment("tiny")
@@ -55,7 +57,7 @@ def test_dashboard_serves_both_uis_on_loopback_and_stops_on_ctrl_c(tmp_path: Pat
     )
     lines: list[str] = []
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 280
         while not any(line.startswith("Ctrl-C") for line in lines):
             assert time.monotonic() < deadline, f"no URLs printed: {lines}"
             line = proc.stdout.readline()
@@ -66,8 +68,10 @@ def test_dashboard_serves_both_uis_on_loopback_and_stops_on_ctrl_c(tmp_path: Pat
 
         status, body = _get(f"http://127.0.0.1:{port}/api/studies")
         assert status == 200
-        studies = json.loads(body)["studies"]
+        studies = json.loads(body)["study_summaries"]
         assert [s["study_name"] for s in studies] == ["tiny"]
+        _, body = _get(f"http://127.0.0.1:{port}/api/studies/{studies[0]['study_id']}")
+        assert json.loads(body)["objective_names"] == ["accuracy"]  # not "Objective 0"
         api = f"http://127.0.0.1:{mlflow_port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny"
         status, body = _get(api)
         assert status == 200 and json.loads(body)["experiment"]["name"] == "tiny"
@@ -77,9 +81,13 @@ def test_dashboard_serves_both_uis_on_loopback_and_stops_on_ctrl_c(tmp_path: Pat
         rest = proc.stdout.read()
         assert "Traceback" not in rest, rest
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # Ctrl-C first: a SIGKILL would leave its servers running
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     for p in (port, mlflow_port):  # both servers are gone with it
         with pytest.raises(OSError):
             _get(f"http://127.0.0.1:{p}/")
