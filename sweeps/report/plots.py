@@ -413,6 +413,12 @@ def plot_parallel_coordinates(ctx: _Context) -> _Plot:
 
     ax = _optuna_axes(plot_parallel_coordinate, ctx.study, params=sorted(shared),
                       target=lambda t: _metrics(t).get(ctx.metric, math.nan), target_name=ctx.metric)
+    import matplotlib
+
+    # Optuna colours a custom target with "Blues_r": the best trials come out near white, on white. viridis (dark =
+    # low) keeps every line visible; the colour bar follows the same mappable.
+    for collection in ax.collections:
+        collection.set_cmap(matplotlib.colormaps["viridis" if ctx.direction == "maximize" else "viridis_r"])
     _save_optuna(ax, ctx.out / file)
     return _Plot(file, title)
 
