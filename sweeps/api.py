@@ -19,6 +19,7 @@ from typing import Any
 from sweeps.errors import DataError, SpecError
 from sweeps.predict import BestModel, predict_labels, predict_proba
 from sweeps.predict import load_best as _load_best_folder
+from sweeps.records import TrialAttr, default_storage_url, default_tracking_uri, trial_metrics
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,9 @@ def load_study_spec(study: Any, overrides: Sequence[str] = (), output: str | Pat
         data = study.to_dict()
         if out is not None:  # the old folder's default storage/tracking locations must follow the new folder
             old = Path(study.output_dir)
-            if data["optuna"].get("storage") == f"sqlite:///{old / 'optuna.db'}":
+            if data["optuna"].get("storage") == default_storage_url(old):
                 data["optuna"]["storage"] = None
-            if data["tracking"].get("uri") == f"sqlite:///{old / 'mlflow.db'}":
+            if data["tracking"].get("uri") == default_tracking_uri(old):
                 data["tracking"]["uri"] = None
         data = apply_overrides(data, overrides) if overrides else data
         return parse_spec(data, study.base_dir, output=out, source_path=study.source_path)
@@ -59,18 +60,16 @@ def trials_frame(study: Any) -> Any:
 
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("surplus"):
+        if t.user_attrs.get(TrialAttr.SURPLUS):
             continue
         row: dict[str, Any] = {
             "number": t.number,
             "state": t.state.name.lower(),
-            "strategy": t.user_attrs.get("strategy"),
+            "strategy": t.user_attrs.get(TrialAttr.STRATEGY),
             "params": dict(t.params),
         }
-        for key, value in sorted(t.user_attrs.items()):
-            if key.startswith("metric."):
-                row[key.split(".", 1)[1]] = value
-        row["fail_reason"] = t.user_attrs.get("fail_reason")
+        row.update(sorted(trial_metrics(t.user_attrs).items()))
+        row["fail_reason"] = t.user_attrs.get(TrialAttr.FAIL_REASON)
         rows.append(row)
     columns = ["number", "state", "strategy", "params"]
     return pd.DataFrame(rows, columns=None if rows else columns)

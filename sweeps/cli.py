@@ -14,9 +14,14 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweeps.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, SweepsError
+from sweeps.records import TrialAttr, trial_metrics
+
+if TYPE_CHECKING:
+    from sweeps.config import StudySpec
+    from sweeps.study import StudyRunner
 
 log = logging.getLogger("sweeps")
 
@@ -199,7 +204,7 @@ def _interrupted(resume: str) -> int:
     return EXIT_INTERRUPTED
 
 
-def _run_here(spec: Any, out: Path, report: bool = True, resume: str | None = None) -> int:
+def _run_here(spec: StudySpec, out: Path, report: bool = True, resume: str | None = None) -> int:
     from sweeps.study import StudyRunner, storage_url
 
     runner = StudyRunner(spec, out, progress=log.info)
@@ -221,11 +226,11 @@ def _run_here(spec: Any, out: Path, report: bool = True, resume: str | None = No
         return EXIT_FAILURE
     from sweeps.config import mask_secrets
 
-    log.debug("storage: %s", mask_secrets(storage_url(spec, out)))
+    log.debug("storage: %s", mask_secrets(storage_url(spec)))
     return EXIT_OK
 
 
-def _summary(runner: Any, out: Path, report: bool) -> None:
+def _summary(runner: StudyRunner, out: Path, report: bool) -> None:
     from sweeps.config import mask_secrets
 
     study = runner.study
@@ -244,7 +249,7 @@ def _summary(runner: Any, out: Path, report: bool) -> None:
         runner.tracker.end_run(runner.parent_run_id, "FINISHED")
     states: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
-        if not t.user_attrs.get("surplus"):
+        if not t.user_attrs.get(TrialAttr.SURPLUS):
             states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
     lines = ["", f"study {study.study_name}: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))]
     try:
@@ -262,11 +267,11 @@ def _summary(runner: Any, out: Path, report: bool) -> None:
     except ValueError:
         bests = []
     for best in bests[:5]:
-        metrics = {k.split(".", 1)[1]: v for k, v in best.user_attrs.items() if k.startswith("metric.")}
+        metrics = trial_metrics(best.user_attrs)
         shown = ", ".join(
             f"{k}={metrics[k]:.4g}" for k in ("accuracy", "f1_macro", "epoch_time_s", "peak_memory_mb") if k in metrics
         )
-        lines.append(f"best trial {best.number}: {best.user_attrs.get('strategy')} {best.params} {shown}")
+        lines.append(f"best trial {best.number}: {best.user_attrs.get(TrialAttr.STRATEGY)} {best.params} {shown}")
     uri = mask_secrets(runner.tracker.uri)
     experiment = runner.tracker.experiment_name
     if uri.startswith(("http://", "https://")):
@@ -285,7 +290,7 @@ def _summary(runner: Any, out: Path, report: bool) -> None:
 _WORKER_ENV = "SWEEPS_WORKER_OF"
 
 
-def _run_workers(args: argparse.Namespace, spec: Any, out: Path) -> int:
+def _run_workers(args: argparse.Namespace, spec: StudySpec, out: Path) -> int:
     """K worker processes on one study through Optuna's storage; one GPU each when there are enough GPUs."""
     import torch
 
@@ -346,13 +351,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         out = spec.output_dir
         StudyRunner(spec, out).prepare()
-    print(f"{args.study}: OK ({len(spec.strategies)} strategies, objectives {list(_objective_names(spec))})")
+    print(f"{args.study}: OK ({len(spec.strategies)} strategies, objectives {spec.objective_metrics})")
     return EXIT_OK
-
-
-def _objective_names(spec: Any):
-    for item in spec.optuna.objectives:
-        yield item if isinstance(item, str) else item.metric
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -362,7 +362,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sweeps.report import trials_table, write_report
     from sweeps.study import open_study
 
-    study = open_study(spec, out)
+    study = open_study(spec)
     table = trials_table(study)
     if args.format == "csv":
         print(table.to_csv(index=False))

@@ -17,12 +17,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sweeps.data import read_test
 from sweeps.errors import DataError, ModelLoadError, SweepsError
+from sweeps.records import best_model_pointer, models_dir, trial_model_dir
+
+if TYPE_CHECKING:
+    from sweeps.config import StudySpec
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +101,7 @@ def load_best(out: str | Path, *, device: Any = None, max_length: int | None = N
     out = Path(out)
     if not out.is_dir():
         raise SweepsError(f"study folder {out} does not exist: run the study first (python -m sweeps run <study.yaml>)")
-    pointer = out / "models" / "best.json"
+    pointer = best_model_pointer(out)
     if not pointer.is_file():
         raise SweepsError(
             f"{out}: no best model yet ({pointer} is missing): the study has no completed trial. "
@@ -108,7 +112,7 @@ def load_best(out: str | Path, *, device: Any = None, max_length: int | None = N
         trial = int(info["trial"])
     except (ValueError, KeyError, TypeError) as exc:
         raise SweepsError(f"{pointer}: unreadable best-model pointer ({type(exc).__name__}: {exc})") from exc
-    folder = out / "models" / str(info.get("path") or f"trial_{trial}")
+    folder = models_dir(out) / str(info.get("path") or trial_model_dir(out, trial).name)
     folders = _model_folders(folder) if folder.is_dir() else []
     missing = [f for f in folders if not (f / "config.json").is_file()]
     if not folders or missing:
@@ -219,7 +223,7 @@ def predict_labels(best: BestModel, probs: np.ndarray) -> list[str]:
 
 
 def predict_submission(
-    spec: Any,
+    spec: StudySpec,
     out: str | Path,
     test: str | Path | None = None,
     out_path: str | Path | None = None,
@@ -232,17 +236,17 @@ def predict_submission(
 
     out = Path(out)
     ds, id_name = read_test(spec, test)  # data problems first: they are cheaper to find than loading models
-    device = spec.training.device if getattr(spec.training, "device", "auto") != "auto" else None
+    device = spec.training.device if spec.training.device != "auto" else None
     best = load_best(out, device=device, max_length=spec.task.max_length)
     pairs = ds["text_pair"] if "text_pair" in ds.column_names else None
-    probs = predict_proba(best, ds["text"], pairs, batch_size=int(getattr(spec.training, "eval_batch_size", 64)))
+    probs = predict_proba(best, ds["text"], pairs, batch_size=spec.training.eval_batch_size)
     ids = ds["id"] if "id" in ds.column_names else ds["example_id"]
     frame = pd.DataFrame({id_name: ids})
     if proba:
         for j, name in enumerate(best.label_names):
             frame[name if name != id_name else f"{name}_proba"] = probs[:, j]
     else:
-        label_name = spec.task.data.label_column or "label"
+        label_name = spec.task.data.label_column
         frame[label_name if label_name != id_name else "label"] = predict_labels(best, probs)
     target = Path(out_path) if out_path is not None else out / "submission.csv"
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -240,6 +241,16 @@ def test_float16_and_bfloat16_storage_are_close_and_compact(tmp_path: Path) -> N
 
 
 # -- the training loop -------------------------------------------------------------------------------------------------
+class EachEpoch:
+    """An observer that calls ``fn(epoch)`` after every epoch and never stops the loop."""
+
+    def __init__(self, fn: Callable[[int], None]) -> None:
+        self.fn = fn
+
+    def on_epoch(self, result: Any) -> None:
+        self.fn(result.epoch)
+
+
 def train(model: nn.Module, strategy: object, runner: ForwardRunner, epochs: int = 3,
           on_epoch: Callable[[int], None] | None = None) -> list[dict[str, float]]:
     layer_map = discover_layers(model)
@@ -251,7 +262,7 @@ def train(model: nn.Module, strategy: object, runner: ForwardRunner, epochs: int
         loader(dataset(24, seed=8), batch_size=16, shuffle=False),
         LoopConfig(epochs=epochs, batch_size=8, eval_batch_size=16, scheduler="constant", divergence_factor=0.0),
         torch.device("cpu"), runner=runner, memory=memory,
-        on_epoch_end=(lambda r: on_epoch(r.epoch)) if on_epoch else None,
+        observer=EachEpoch(on_epoch) if on_epoch else None,
     )
     try:
         result = loop.run()

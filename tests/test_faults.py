@@ -444,8 +444,9 @@ def test_trials_of_a_lost_machine_are_recovered_once_after_the_grace_period(
     from concurrent.futures import ThreadPoolExecutor
 
     from sweeps.config import load_spec
+    from sweeps.records import TrialAttr, default_tracking_uri
     from sweeps.study import budget_used, open_study, recover_dead_trials, suggest
-    from sweeps.track import RUN_ATTR, Tracker, default_tracking_uri
+    from sweeps.track import Tracker
 
     study_file = write_study(tmp_path / "study.yaml", assets["model"], assets["data"],
                              optuna={"n_trials": 4, "retry_failed": 1})
@@ -453,7 +454,7 @@ def test_trials_of_a_lost_machine_are_recovered_once_after_the_grace_period(
     spec = load_spec(study_file, output=str(out))
 
     def worker() -> tuple[optuna.Study, Tracker]:
-        study = open_study(spec, out)
+        study = open_study(spec)
         return study, Tracker(default_tracking_uri(out), "tiny", artifact_root=out / "mlartifacts")
 
     study, tracker = worker()
@@ -464,7 +465,7 @@ def test_trials_of_a_lost_machine_are_recovered_once_after_the_grace_period(
     params = suggest(lost, spec)
     run_id = tracker.start_trial(parent, "trial-0", {"sweeps.study": "tiny", "optuna.trial_number": "0"},
                                  {"strategy": params.strategy})
-    lost.set_user_attr(RUN_ATTR, run_id)
+    lost.set_user_attr(TrialAttr.MLFLOW_RUN, run_id)
     study._storage.record_heartbeat(lost._trial_id)
     silent = study.ask()  # its worker died between ask() and recording host/pid: no heartbeat either
 

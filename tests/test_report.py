@@ -57,10 +57,12 @@ PNGS = [
 
 
 def make_spec(metric: str = "accuracy", objectives: list[Any] | None = None) -> SimpleNamespace:
+    """The parts of a resolved StudySpec the report reads (objectives: the task metric unless given)."""
+    items = [SimpleNamespace(metric=o, direction=None) if isinstance(o, str) else o for o in objectives or [metric]]
     return SimpleNamespace(
         name="report-test",
         task=SimpleNamespace(metric=metric),
-        optuna=SimpleNamespace(objectives=objectives or [metric]),
+        objectives=items,
         training=SimpleNamespace(epochs=EPOCHS),
     )
 

@@ -25,7 +25,7 @@ from sweeps.config import (
     mask_secrets,
     parse_spec,
 )
-from sweeps.config.search_space import check_strategy_bounds, grid_search_space, search_bounds
+from sweeps.config.search_space import check_strategy_bounds, grid_search_space, layer_bounded_params, search_bounds
 from sweeps.errors import EXIT_INVALID, SpecError
 from sweeps.study.suggest import TrialParams, suggest
 
@@ -752,8 +752,8 @@ def test_suggest_samples_only_the_chosen_strategy() -> None:
     assert isinstance(first, TrialParams)
     assert (first.strategy, first.strategy_params) == ("bottom_n", {"n": 2})
     assert set(trial.params) == {"strategy", "bottom_n.n", "training.batch_size", "training.learning_rate"}
-    assert first.training["batch_size"] == 16 and first.training["epochs"] == 3
-    assert first.training["learning_rate"] == first.searched["training.learning_rate"]
+    assert first.training.batch_size == 16 and first.training.epochs == 3
+    assert first.training.learning_rate == first.searched["training.learning_rate"]
     assert set(first.searched) == set(trial.params)
     study.tell(trial, 0.5)
     second = suggest(trial := study.ask(), spec)
@@ -802,6 +802,35 @@ def test_search_bounds_and_layer_check() -> None:
         check_strategy_bounds(spec, 12)
 
 
+def test_layer_bounded_params_are_declared_by_the_strategy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plug-in names its own layer-count parameters; a class that declares none gets the built-ins' names."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from strategies import Strategy, registry, uniform_plan
+
+    @dataclass
+    class TopK(Strategy):
+        k: int = 1
+        n: int = 0  # not a layer count for this strategy
+        name: ClassVar[str] = "top_k_test"
+        layer_bounded_params: ClassVar[tuple[str, ...]] = ("k",)
+
+        def plan(self, layer_map: Any, epoch: int, step: int) -> Any:
+            return uniform_plan(layer_map)
+
+    monkeypatch.setitem(registry._registered, "top_k_test", TopK)
+    assert layer_bounded_params("top_k_test") == ("k",)
+    assert layer_bounded_params("bottom_n") == ("n",)
+    assert layer_bounded_params("gradual+discriminative") == ("start_frozen",)
+    data = base()
+    data["strategies"].append({"name": "top_k_test", "params": {"k": {"type": "int", "low": 1, "high": 9}, "n": 20}})
+    spec = ok(data)
+    with pytest.raises(SpecError, match=r"strategies\[3\].params.k: high 9 > 6 layers"):
+        check_strategy_bounds(spec, 6)
+    check_strategy_bounds(spec, 9)  # n=20 is not a layer count here
+
+
 def test_grid_search_space_runs_in_a_grid_sampler() -> None:
     data = with_value("training.learning_rate", {"type": "float", "low": 1e-5, "high": 3e-5, "step": 1e-5})
     data = with_value("optuna.sampler", "grid", data)
@@ -810,7 +839,7 @@ def test_grid_search_space_runs_in_a_grid_sampler() -> None:
     assert grid["strategy"] == ["none", "bottom_n", "gradual"]
     assert grid["bottom_n.n"] == [0, 1, 2, 3, 4] and grid["training.learning_rate"] == [1e-5, 2e-5, 3e-5]
     study = optuna.create_study(sampler=optuna.samplers.GridSampler(grid, seed=0))
-    study.optimize(lambda t: float(suggest(t, spec).training["learning_rate"]), n_trials=200)
+    study.optimize(lambda t: float(suggest(t, spec).training.learning_rate), n_trials=200)
     assert len(study.trials) == 3 * 5 * 3  # the sampler stops once the grid is exhausted
 
 

@@ -24,7 +24,6 @@ from sweeps.config.overrides import apply_overrides
 from sweeps.config.pydantic_errors import _spec_error_from, _union_members, _unwrap_annotated
 from sweeps.config.schema import (
     EXTENSION_SOURCES,
-    METRIC_DIRECTIONS,
     Objective,
     StudySpec,
     TrainingConfig,
@@ -33,6 +32,8 @@ from sweeps.config.schema import (
 from sweeps.config.spaces import _check_space, is_search
 from sweeps.config.yaml_io import _parse_yaml
 from sweeps.errors import SpecError
+from sweeps.metrics import direction
+from sweeps.records import default_storage_url, default_tracking_uri
 
 
 def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = (), output: str | None = None) -> StudySpec:
@@ -208,7 +209,7 @@ def _resolve_optuna(spec: StudySpec) -> None:
             raise SpecError(f"optuna.objectives[{i}]", f"metric {objective.metric!r} is listed twice")
         seen[objective.metric] = i
         if objective.direction is None:
-            objective.direction = METRIC_DIRECTIONS[objective.metric]  # type: ignore[assignment]
+            objective.direction = direction(objective.metric)  # type: ignore[assignment]
     cfg.objectives = list(objectives)
     if len(objectives) > 1:
         # Optuna cannot prune multi-objective studies (trial.report raises): the resolved config says so honestly
@@ -248,10 +249,10 @@ def _resolve_locations(spec: StudySpec, output: str | None) -> None:
         spec.output = os.path.abspath(Path("runs") / spec.name)
     out = Path(spec.output)
     if spec.optuna.storage is None:
-        spec.optuna.storage = f"sqlite:///{out / 'optuna.db'}"
+        spec.optuna.storage = default_storage_url(out)
     else:
         spec.optuna.storage = _absolutize_url(spec.optuna.storage, spec.base_dir)
     if spec.tracking.uri is None:
-        spec.tracking.uri = f"sqlite:///{out / 'mlflow.db'}"
+        spec.tracking.uri = default_tracking_uri(out)
     else:
         spec.tracking.uri = _absolutize_url(spec.tracking.uri, spec.base_dir)

@@ -36,22 +36,8 @@ from sweeps.config.spaces import (
     SearchableWarmup,
     SearchableWeightDecay,
 )
-
-TASK_METRICS = ("accuracy", "f1_macro", "f1_weighted", "eval_loss")
-
-
-METRIC_DIRECTIONS: dict[str, str] = {
-    "accuracy": "maximize",
-    "f1_macro": "maximize",
-    "f1_weighted": "maximize",
-    "eval_loss": "minimize",
-    "epoch_time_s": "minimize",
-    "peak_memory_mb": "minimize",
-    "trainable_params": "minimize",  # the efficiency objective: fewer trainable parameters is better
-    "samples_per_s": "maximize",
-}
-"""Every metric an objective may name, with the direction used when the study file gives none."""
-
+from sweeps.metrics import OBJECTIVE_METRICS, QUALITY_METRICS
+from sweeps.metrics import direction as metric_direction
 
 BUILTIN_OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor")
 
@@ -77,6 +63,7 @@ KNOWN_SCHEDULERS = (
 EXTENSION_SOURCES = {
     ".csv": "csv",
     ".tsv": "tsv",
+    ".tab": "tsv",
     ".json": "json",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -85,7 +72,7 @@ EXTENSION_SOURCES = {
 }
 
 
-_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
 
 
 class DataConfig(_Model):
@@ -108,7 +95,7 @@ class DataConfig(_Model):
 
     def source_for(self, location: str) -> str:
         """The reader for ``location`` (one of train/validation/test): ``source`` itself, or with ``auto`` the one
-        its file extension names. One rule, used by the validation here and by the data loader."""
+        its file extension names (:func:`source_from_extension`, the rule the data loader applies too)."""
         if self.source != "auto":
             return self.source
         return source_from_extension(location) or "auto"
@@ -117,7 +104,7 @@ class DataConfig(_Model):
 def source_from_extension(location: str) -> str | None:
     """``csv``/``tsv``/``json``/``jsonl``/``parquet`` from a file name (``train.csv.gz`` → ``csv``), else ``None``."""
     name = location.lower()
-    for suffix in _COMPRESSION_SUFFIXES:
+    for suffix in COMPRESSION_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
@@ -140,7 +127,7 @@ class TaskConfig(_Model):
     model: Annotated[str, Field(min_length=1)]
     revision: str | None = None
     max_length: Annotated[int, Ge(8), Le(8192)] = 128
-    metric: Literal["accuracy", "f1_macro", "f1_weighted", "eval_loss"] = "accuracy"
+    metric: Literal[QUALITY_METRICS] = "accuracy"
     data: DataConfig
     cv: CVConfig = Field(default_factory=CVConfig)
 
@@ -154,7 +141,7 @@ class TaskConfig(_Model):
     @property
     def direction(self) -> str:
         """``maximize`` or ``minimize`` for :attr:`metric`."""
-        return METRIC_DIRECTIONS[self.metric]
+        return metric_direction(self.metric)
 
 
 def _layers_tag(value: Any) -> str:
@@ -294,16 +281,7 @@ def _objective_shorthand(value: Any) -> Any:
 class Objective(_Model):
     """One optimised quantity. ``direction`` is derived from the metric when not given (resolved after load)."""
 
-    metric: Literal[
-        "accuracy",
-        "f1_macro",
-        "f1_weighted",
-        "eval_loss",
-        "epoch_time_s",
-        "peak_memory_mb",
-        "trainable_params",
-        "samples_per_s",
-    ]
+    metric: Literal[OBJECTIVE_METRICS]
     direction: Literal["maximize", "minimize"] | None = None
 
 
@@ -345,7 +323,7 @@ class OptunaConfig(_Model):
     @property
     def directions(self) -> list[str]:
         """One direction per objective (after load, every objective has one)."""
-        return [o.direction or METRIC_DIRECTIONS[o.metric] for o in self.objectives or []]
+        return [o.direction or metric_direction(o.metric) for o in self.objectives or []]
 
 
 class TrackingConfig(_Model):
@@ -418,6 +396,11 @@ class StudySpec(_Model):
         return self.optuna.directions
 
     @property
+    def objective_metrics(self) -> list[str]:
+        """The objectives' metric names, in order."""
+        return [o.metric for o in self.objectives]
+
+    @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
@@ -451,7 +434,7 @@ class StudySpec(_Model):
                 "metric": task.metric,
                 "data": data,
                 "cv_folds": task.cv.folds if task.cv.enabled else 0,
-                "objectives": [[o.metric, o.direction or METRIC_DIRECTIONS[o.metric]] for o in self.objectives],
+                "objectives": [[o.metric, o.direction or metric_direction(o.metric)] for o in self.objectives],
             }
         elif kind == "full":
             payload = self.to_dict()

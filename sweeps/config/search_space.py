@@ -49,14 +49,31 @@ def _bounds_of(value: Any) -> tuple[Any, Any] | list[Any]:
     return [value]
 
 
-def check_strategy_bounds(
-    spec: StudySpec, num_layers: int, layer_params: tuple[str, ...] = ("n", "start_frozen")
-) -> None:
-    """Raise :class:`SpecError` when a layer-count hyperparameter (``n``, ``start_frozen``) can exceed the model's
-    ``num_layers`` anywhere in its range, before any trial starts — otherwise only the trials that happen to sample
-    the bad values fail, which looks like flakiness."""
+_LAYER_BOUNDED_FALLBACK = ("n", "start_frozen")
+"""The built-ins' layer-bounded parameters (``bottom_n.n``, ``gradual.start_frozen``), assumed for a strategy class
+that does not declare ``layer_bounded_params`` yet."""
+
+
+def layer_bounded_params(name: str) -> tuple[str, ...]:
+    """The hyperparameters of strategy ``name`` (possibly composed) whose values count layers, as each class declares
+    them in ``layer_bounded_params``; a class without that declaration gets the built-ins' names it has."""
+    from strategies import registry
+
+    out: list[str] = []
+    for cls in registry.resolve(name):
+        declared = getattr(cls, "layer_bounded_params", None)
+        if declared is None:
+            declared = tuple(p for p in _LAYER_BOUNDED_FALLBACK if p in cls.param_defaults())
+        out.extend(p for p in declared if p not in out)
+    return tuple(out)
+
+
+def check_strategy_bounds(spec: StudySpec, num_layers: int) -> None:
+    """Raise :class:`SpecError` when a layer-count hyperparameter (:func:`layer_bounded_params`: ``n``,
+    ``start_frozen``, ...) can exceed the model's ``num_layers`` anywhere in its range, before any trial starts —
+    otherwise only the trials that happen to sample the bad values fail, which looks like flakiness."""
     for i, entry in enumerate(spec.strategies):
-        for key in layer_params:
+        for key in layer_bounded_params(entry.name):
             if key not in entry.params:
                 continue
             path = f"strategies[{i}].params.{key}"

@@ -12,6 +12,7 @@ import datasets
 import numpy as np
 import pandas as pd
 
+from sweeps.config import DataConfig
 from sweeps.data.read import _get, _Raw
 from sweeps.errors import DataError
 
@@ -131,7 +132,7 @@ def _map_labels(raw: _Raw, keys: list[Any], mapping: dict[Any, int], train_is_in
     return ids
 
 
-def _normalise(raw: _Raw, cfg: Any, labels: list[int] | None, *, require_id: bool) -> pd.DataFrame:
+def _normalise(raw: _Raw, cfg: DataConfig, labels: list[int] | None, *, require_id: bool) -> pd.DataFrame:
     """The normalised frame of one split (labels already mapped to ids, or ``None`` for test)."""
     text_column = _get(cfg, "text_column", "text")
     pair_column = _get(cfg, "text_pair_column")

@@ -17,25 +17,11 @@ from typing import Any
 import datasets
 import pandas as pd
 
+from sweeps.config import DataConfig
+from sweeps.config.schema import COMPRESSION_SUFFIXES, source_from_extension
 from sweeps.errors import DataError
 
 SOURCES = ("auto", "csv", "tsv", "json", "jsonl", "parquet", "hub")
-
-
-_EXTENSIONS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "json",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
-
-
-# Compression suffixes looked through when guessing the format (pandas decompresses by extension itself).
-_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zip")
 
 
 @dataclass
@@ -56,12 +42,12 @@ class _Raw:
         return text
 
 
-def _get(cfg: Any, name: str, default: Any = None) -> Any:
+def _get(cfg: DataConfig, name: str, default: Any = None) -> Any:
     value = getattr(cfg, name, default)
     return default if value is None else value
 
 
-def _source_name(cfg: Any) -> str:
+def _source_name(cfg: DataConfig) -> str:
     source = _get(cfg, "source", "auto")
     source = getattr(source, "value", source)  # tolerate a str Enum
     source = str(source).lower()
@@ -73,14 +59,10 @@ def _source_name(cfg: Any) -> str:
 def _format_for(path: Path, source: str, field_name: str) -> str:
     if source not in ("auto", "hub"):
         return source
-    name = path.name.lower()
-    for compression in _COMPRESSIONS:
-        if name.endswith(compression):
-            name = name[: -len(compression)]
-            break
-    suffix = Path(name).suffix
-    fmt = _EXTENSIONS.get(suffix)
+    fmt = source_from_extension(path.name)  # the study file's rule (sweeps.config), so both always agree
     if fmt is None:
+        name = path.name.lower()
+        suffix = Path(next((name[: -len(c)] for c in COMPRESSION_SUFFIXES if name.endswith(c)), name)).suffix
         raise DataError(
             f"data.{field_name}: cannot tell the format of {path} from its extension {suffix!r}; "
             f"set data.source to one of csv, tsv, json, jsonl, parquet"
@@ -215,7 +197,7 @@ def _load_hub(hub_id: str, hub_config: str | None, split: str) -> _Raw:
     return _Raw(ds.to_pandas(), where, features=ds.features)
 
 
-def _read_splits(cfg: Any, frames: dict[str, Any]) -> dict[str, _Raw | None]:
+def _read_splits(cfg: DataConfig, frames: dict[str, Any]) -> dict[str, _Raw | None]:
     """Read train / validation / test as raw frames, from Python objects, the hub or files."""
     source = _source_name(cfg)
     hub_id = _get(cfg, "hub_id")

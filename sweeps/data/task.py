@@ -13,13 +13,12 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
 
 import datasets
 import numpy as np
 import pandas as pd
 
+from sweeps.config import DataConfig
 from sweeps.data.normalise import (
     _carve_validation,
     _label_keys,
@@ -35,30 +34,6 @@ from sweeps.errors import DataError
 
 # Bump when the normalisation below changes, so fingerprints (and the caches keyed by them) change with it.
 _FORMAT_VERSION = "data-v1"
-
-
-class DataConfig(Protocol):
-    """The fields of the study's ``data`` section that this module reads (``sweeps.config.DataConfig`` is the real
-    model).
-
-    Any object with these attributes works (a pydantic model, a dataclass, a ``SimpleNamespace``); missing optional
-    attributes default to ``None``, so tests and notebooks can pass only what they need.
-    """
-
-    source: str
-    train: str | Path | None
-    validation: str | Path | None
-    test: str | Path | None
-    hub_id: str | None
-    hub_config: str | None
-    text_column: str
-    text_pair_column: str | None
-    label_column: str
-    id_column: str | None
-    validation_fraction: float | None
-    max_train_rows: int | None
-    max_eval_rows: int | None
-    shuffle_seed: int
 
 
 @dataclass
@@ -105,14 +80,15 @@ def split_fingerprint(ds: datasets.Dataset) -> str:
 
 
 def load_task_data(
-    cfg: Any,
+    cfg: DataConfig,
     *,
     dataframe: pd.DataFrame | datasets.Dataset | None = None,
     validation_dataframe: pd.DataFrame | datasets.Dataset | None = None,
     carve_validation: bool = True,
     test_dataframe: pd.DataFrame | datasets.Dataset | None = None,
 ) -> TaskData:
-    """Load, check and normalise the data a study configures (see :class:`DataConfig`) into a :class:`TaskData`.
+    """Load, check and normalise the data a study configures (``task.data``, a :class:`~sweeps.config.DataConfig`)
+    into a :class:`TaskData`.
 
     A split passed from Python (``dataframe`` for train, ``validation_dataframe``, ``test_dataframe``) replaces the
     configured file or hub split. Order of operations, chosen so that limits never change *which* rows are held out:

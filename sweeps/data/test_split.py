@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from sweeps.config import DataConfig, StudySpec
 from sweeps.data.normalise import _normalise, _require_column, _to_dataset
 from sweeps.data.read import _format_for, _load_hub, _read_file
 from sweeps.errors import DataError
@@ -17,7 +18,7 @@ from sweeps.errors import DataError
 log = logging.getLogger(__name__)
 
 
-def _test_location(spec: Any, test: str | Path | None) -> tuple[str, bool]:
+def _test_location(spec: StudySpec, test: str | Path | None) -> tuple[str, bool]:
     """(location, is_hub_split): ``--test`` (relative to the current directory) or ``task.data.test`` (relative to
     the study file)."""
     cfg = spec.task.data
@@ -44,7 +45,7 @@ def _test_format(path: Path, source: str, from_cli: bool) -> str:
     return _format_for(path, configured, "test")
 
 
-def read_test(spec: Any, test: str | Path | None = None) -> tuple[Any, str]:
+def read_test(spec: StudySpec, test: str | Path | None = None) -> tuple[Any, str]:
     """The normalised test split (``text``, optional ``text_pair``, ``example_id``, ``id``) as a ``datasets.Dataset``,
     read with the data module's readers and checks, and the name of the id column to write.
 
@@ -72,7 +73,7 @@ def read_test(spec: Any, test: str | Path | None = None) -> tuple[Any, str]:
     return _to_dataset(frame, []), id_column or "id"
 
 
-def _with_id_column(cfg: Any, id_column: str | None) -> Any:
+def _with_id_column(cfg: DataConfig, id_column: str | None) -> Any:
     """``cfg`` with another ``id_column`` (a pydantic model copy, or a namespace for duck-typed configs)."""
     if getattr(cfg, "id_column", None) == id_column:
         return cfg

@@ -17,6 +17,9 @@ from typing import Any
 import optuna
 import pandas as pd
 
+from sweeps import records
+from sweeps.config import StudySpec
+from sweeps.records import Artifact
 from sweeps.report.plots import (
     PLOT_FILES,
     _colors,
@@ -96,7 +99,7 @@ def _html_plot(plot: _Plot, folder: Path) -> str:
 
 
 def _render(
-    spec: Any, ctx: _Context, sentences: list[str], best: pd.DataFrame, plots: list[_Plot],
+    spec: StudySpec, ctx: _Context, sentences: list[str], best: pd.DataFrame, plots: list[_Plot],
     importances: dict[str, dict[str, float]], pareto_rows: pd.DataFrame | None,
 ) -> str:
     objectives = ", ".join(f"{m} ({d})" for m, d in ctx.objectives)
@@ -137,13 +140,13 @@ for completed trials only.</p>
 
 # -- entry point --------------------------------------------------------------------------------------------------
 def write_report(
-    spec: Any, out: Path, *, study: optuna.Study, tracker: Any = None, parent_run_id: str | None = None
+    spec: StudySpec, out: Path, *, study: optuna.Study, tracker: Any = None, parent_run_id: str | None = None
 ) -> Path:
     """Write ``<out>/report/`` and return the path of its ``index.html``; with a tracker and a parent run, also log
     the folder (``report/``) and ``trials.csv`` to that run. A logging failure is a warning: the files on disk are
     the report."""
     out = Path(out)
-    report_dir = out / "report"
+    report_dir = records.report_dir(out)
     report_dir.mkdir(parents=True, exist_ok=True)
     metric, direction = primary_metric(spec)
     objectives = objectives_of(spec)
@@ -190,7 +193,7 @@ def write_report(
 
     if tracker is not None and parent_run_id:
         try:
-            tracker.log_dir(parent_run_id, report_dir, "report")
+            tracker.log_dir(parent_run_id, report_dir, Artifact.REPORT)
             tracker.log_file(parent_run_id, report_dir / "trials.csv")
         except Exception as exc:  # the report on disk is complete; MLflow is a copy
             log.warning("report written to %s but not logged to MLflow run %s: %s", report_dir, parent_run_id, exc)

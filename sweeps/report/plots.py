@@ -20,6 +20,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.records import TrialAttr, epochs_file
 from sweeps.report.recommend import BASELINE
 from sweeps.report.table import _metrics, _strategy, _trials
 
@@ -223,7 +224,7 @@ def _plot_bottom_n(ctx: _Context) -> _Plot:
 def read_epochs(out: Path, number: int) -> list[dict[str, Any]] | None:
     """The per-epoch series the runner writes for a trial, or None when missing or unreadable (a report must not
     fail because one trial's file was lost)."""
-    path = out / "trials" / f"trial_{number}_epochs.json"
+    path = epochs_file(out, number)
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -387,7 +388,7 @@ def _plot_pareto_objectives(ctx: _Context) -> tuple[_Plot, list[int]]:
         best = ctx.study.best_trials
     except (ValueError, RuntimeError):
         best = []
-    numbers = [t.number for t in best if not t.user_attrs.get("surplus")]
+    numbers = [t.number for t in best if not t.user_attrs.get(TrialAttr.SURPLUS)]
     if len(names) == 2 and ctx.metric in names and any(c in names for c in COST_PLOTS):
         cost = next(c for c in names if c in COST_PLOTS)
         return _Plot(None, title, f"Drawn above as {ctx.metric} vs {cost}, with its Pareto front."), numbers

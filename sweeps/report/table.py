@@ -1,5 +1,4 @@
-"""The trials table: one row per trial, best first, read from the Optuna study alone (no study file needed).
-"""
+"""The trials table: one row per trial, best first, read from the Optuna study alone (no study file needed)."""
 
 from __future__ import annotations
 
@@ -12,9 +11,10 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-QUALITY_METRICS = ("accuracy", "f1_macro", "f1_weighted", "eval_loss")
-"""Metrics that measure how good a model is (the rest of the objectives measure what it costs)."""
-
+from sweeps.config import StudySpec
+from sweeps.config.search_space import STRATEGY_PARAM
+from sweeps.metrics import DIRECTIONS, MAXIMIZE, QUALITY_METRICS
+from sweeps.records import StudyAttr, TrialAttr, trial_metrics
 
 TABLE_METRICS = ("accuracy", "f1_macro", "epoch_time_s", "peak_memory_mb", "trainable_params", "epochs_run")
 
@@ -33,17 +33,13 @@ _STATES = {
 
 # -- the table ----------------------------------------------------------------------------------------------------
 def _direction_of(metric: str) -> str:
-    from sweeps.metrics import direction
-
-    try:
-        return direction(metric)
-    except KeyError:
-        return "maximize"
+    """A recorded metric's direction; a name this version does not know is taken as higher-is-better."""
+    return DIRECTIONS.get(metric, MAXIMIZE)
 
 
 def _study_metric(study: optuna.Study) -> tuple[str, str]:
     """The optimised metric as recorded in the study itself (so ``trials_table`` needs no study file)."""
-    names = study.user_attrs.get("objectives") or []
+    names = study.user_attrs.get(StudyAttr.OBJECTIVES) or []
     dirs = [d.name.lower() for d in study.directions]
     for i, name in enumerate(names):
         if name in QUALITY_METRICS:
@@ -55,21 +51,20 @@ def _study_metric(study: optuna.Study) -> tuple[str, str]:
 
 def _trials(study: optuna.Study) -> list[FrozenTrial]:
     """Every trial except the surplus ones (asked and closed at once when other workers had used up the budget)."""
-    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(TrialAttr.SURPLUS)]
 
 
 def _strategy(trial: FrozenTrial) -> str:
-    return str(trial.user_attrs.get("strategy") or trial.params.get("strategy") or "?")
+    return str(trial.user_attrs.get(TrialAttr.STRATEGY) or trial.params.get(STRATEGY_PARAM) or "?")
 
 
 def _metrics(trial: FrozenTrial) -> dict[str, float]:
     out = {}
-    for key, value in trial.user_attrs.items():
-        if key.startswith("metric."):
-            try:
-                out[key[len("metric.") :]] = float(value)
-            except (TypeError, ValueError):
-                continue
+    for name, value in trial_metrics(trial.user_attrs).items():
+        try:
+            out[name] = float(value)
+        except (TypeError, ValueError):
+            continue
     return out
 
 
@@ -124,7 +119,7 @@ def trials_table(study: optuna.Study, metric: str | None = None, direction: str 
     trials = _trials(study)
     columns = _param_columns(trials)
     metric_cols = list(TABLE_METRICS)
-    for name in [metric, *(study.user_attrs.get("objectives") or [])]:
+    for name in [metric, *(study.user_attrs.get(StudyAttr.OBJECTIVES) or [])]:
         if name not in metric_cols:
             metric_cols.insert(2, name)
     rows = []
@@ -139,9 +134,9 @@ def trials_table(study: optuna.Study, metric: str | None = None, direction: str 
                 row[columns[name]] = value
         for name in metric_cols:
             row[name] = metrics.get(name, math.nan)
-        verified = t.user_attrs.get("frozen_params_verified")
+        verified = t.user_attrs.get(TrialAttr.FROZEN_VERIFIED)
         row["frozen_params_verified"] = None if verified is None else bool(verified)
-        row["fail_reason"] = t.user_attrs.get("fail_reason") or ""
+        row["fail_reason"] = t.user_attrs.get(TrialAttr.FAIL_REASON) or ""
         row["duration_s"] = _duration(t)
         rows.append(row)
     ordered = ["number", "state", "strategy", *dict.fromkeys(columns.values()), *metric_cols,
@@ -233,19 +228,13 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- what the report is about -------------------------------------------------------------------------------------
-def objectives_of(spec: Any) -> list[tuple[str, str]]:
-    """(metric, direction) per objective of the study file; the task metric when the file lists none."""
-    items = list(getattr(spec.optuna, "objectives", None) or [spec.task.metric])
-    out = []
-    for item in items:
-        if isinstance(item, str):
-            out.append((item, _direction_of(item)))
-        else:
-            out.append((item.metric, getattr(item, "direction", None) or _direction_of(item.metric)))
-    return out
+def objectives_of(spec: StudySpec) -> list[tuple[str, str]]:
+    """(metric, direction) per objective, as resolved by :mod:`sweeps.config` (the task metric when the file lists
+    none)."""
+    return [(o.metric, o.direction or _direction_of(o.metric)) for o in spec.objectives]
 
 
-def primary_metric(spec: Any) -> tuple[str, str]:
+def primary_metric(spec: StudySpec) -> tuple[str, str]:
     """The quality metric the report ranks by: the first quality objective, else the task metric (an objective list
     such as ``[peak_memory_mb, accuracy]`` still ranks by accuracy — ranking by memory alone would recommend a model
     that learned nothing)."""

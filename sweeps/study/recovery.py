@@ -16,7 +16,8 @@ from datetime import datetime
 import optuna
 from optuna.trial import TrialState
 
-from sweeps.track import RUN_ATTR, Tracker
+from sweeps.records import Tag, TrialAttr
+from sweeps.track import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def _pid_alive(pid: int) -> bool:
 def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
     """Trials that ran to an end (complete, pruned, failed by their own error) and running ones use up ``n_trials``;
     interrupted trials, trials whose worker died and surplus asks do not."""
-    if trial.user_attrs.get("surplus"):
+    if trial.user_attrs.get(TrialAttr.SURPLUS):
         return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
         return True
@@ -46,9 +47,9 @@ def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
         # our own bookkeeping always records a fail_reason before telling FAIL: a FAIL without one was failed from
         # outside (e.g. Optuna's own stale-trial check), i.e. its worker died
         return not (
-            trial.user_attrs.get("interrupted")
-            or trial.user_attrs.get("worker_died")
-            or "fail_reason" not in trial.user_attrs
+            trial.user_attrs.get(TrialAttr.INTERRUPTED)
+            or trial.user_attrs.get(TrialAttr.WORKER_DIED)
+            or TrialAttr.FAIL_REASON not in trial.user_attrs
         )
     return False
 
@@ -61,7 +62,7 @@ def _dead_reason(trial: optuna.trial.FrozenTrial, stale: set[int], grace_s: floa
     """Why a RUNNING trial's worker is known to be dead, or None while it may be alive."""
     if trial._trial_id in stale:
         return "worker stopped sending heartbeats (killed, crashed or its machine was lost)"
-    host, pid = trial.user_attrs.get("host"), trial.user_attrs.get("pid")
+    host, pid = trial.user_attrs.get(TrialAttr.HOST), trial.user_attrs.get(TrialAttr.PID)
     if host == HOST and pid is not None and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
         return "worker process died (killed or crashed)"
     # asked, but its worker died before recording where it runs (and before any heartbeat): after the grace period
@@ -93,19 +94,20 @@ def recover_dead_trials(study: optuna.Study, tracker: Tracker, retry_failed: int
         if reason is None:
             continue
         try:
-            storage.set_trial_user_attr(trial._trial_id, "worker_died", True)
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            storage.set_trial_user_attr(trial._trial_id, TrialAttr.WORKER_DIED, True)
+            storage.set_trial_user_attr(trial._trial_id, TrialAttr.FAIL_REASON, reason)
             if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another process recovered it first (or its worker finished it after all)
-        run_id = trial.user_attrs.get(RUN_ATTR)
+        run_id = trial.user_attrs.get(TrialAttr.MLFLOW_RUN)
         if run_id:
-            tracker.set_tags(run_id, {"sweeps.status": "failed", "sweeps.fail_reason": reason})
+            tracker.set_tags(run_id, {Tag.STATUS: "failed", Tag.FAIL_REASON: reason})
             tracker.end_run(run_id, "FAILED")
-        attempt = int(trial.user_attrs.get("attempt", 0))
+        attempt = int(trial.user_attrs.get(TrialAttr.ATTEMPT, 0))
         if attempt < retry_failed:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "attempt": attempt + 1})
+            retry = {TrialAttr.RETRY_OF: trial.number, TrialAttr.ATTEMPT: attempt + 1}
+            study.enqueue_trial(trial.params, user_attrs=retry)
         recovered.append(trial.number)
     close_orphan_runs(study, tracker)
     return recovered
@@ -119,7 +121,7 @@ def close_orphan_runs(study: optuna.Study, tracker: Tracker) -> list[str]:
     try:
         runs = tracker.client.search_runs(
             [tracker.experiment_id],
-            filter_string=f"attributes.status = 'RUNNING' and tags.`sweeps.study` = '{study.study_name}'",
+            filter_string=f"attributes.status = 'RUNNING' and tags.`{Tag.STUDY}` = '{study.study_name}'",
             max_results=5000,
         )
     except Exception as exc:  # a tracking hiccup must not stop the study
@@ -128,17 +130,17 @@ def close_orphan_runs(study: optuna.Study, tracker: Tracker) -> list[str]:
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     closed = []
     for run in runs:
-        number = run.data.tags.get("optuna.trial_number")
+        number = run.data.tags.get(Tag.TRIAL_NUMBER)
         trial = by_number.get(int(number)) if number and number.isdigit() else None
         if trial is None or not trial.state.is_finished():
             continue  # the parent run, or a trial still running somewhere
         if trial.state == TrialState.FAIL:
-            status = "KILLED" if trial.user_attrs.get("interrupted") else "FAILED"
-            reason = trial.user_attrs.get("fail_reason") or "worker process died"
-            tracker.set_tags(run.info.run_id, {"sweeps.status": "failed", "sweeps.fail_reason": reason})
+            status = "KILLED" if trial.user_attrs.get(TrialAttr.INTERRUPTED) else "FAILED"
+            reason = trial.user_attrs.get(TrialAttr.FAIL_REASON) or "worker process died"
+            tracker.set_tags(run.info.run_id, {Tag.STATUS: "failed", Tag.FAIL_REASON: reason})
         else:
             status = "FINISHED"
-            tracker.set_tags(run.info.run_id, {"sweeps.status": trial.state.name.lower()})
+            tracker.set_tags(run.info.run_id, {Tag.STATUS: trial.state.name.lower()})
         tracker.end_run(run.info.run_id, status)
         closed.append(run.info.run_id)
     return closed

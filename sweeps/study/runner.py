@@ -1,36 +1,57 @@
 """The trial loop of one process: ask a trial, run it, record how it ended in Optuna and MLflow.
 
-Trials are driven with Optuna's ask-and-tell interface rather than ``study.optimize`` because every way a
-trial can end must be recorded in *both* Optuna and MLflow: complete, pruned, failed with a reason (NaN
-loss, out of memory, bad hyperparameters), interrupted by Ctrl-C, or left behind by a worker that was
-killed. Nothing here schedules work between workers: they share the study through its storage.
+Trials are driven with Optuna's ask-and-tell interface rather than ``study.optimize`` because every way a trial can end
+must be recorded in *both* Optuna and MLflow: complete, pruned, failed with a reason (NaN loss, out of memory, bad
+hyperparameters), interrupted by Ctrl-C, or left behind by a worker that was killed (:mod:`sweeps.study.recovery`).
+Every ending but "complete" goes through one :meth:`StudyRunner.finish`. Nothing here schedules work between workers:
+they share the study through its storage.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import optuna
-import pandas as pd
 from optuna.trial import TrialState
 
+from sweeps.config import StudySpec, is_search
+from sweeps.config.search_space import STRATEGY_PARAM
 from sweeps.errors import SpecError, SweepsError
+from sweeps.records import Artifact, StudyAttr, Tag, TrialAttr, trial_model_dir
 from sweeps.study.recovery import HOST, _heartbeat, budget_used, counts_toward_budget, recover_dead_trials
-from sweeps.study.sampling import objectives
 from sweeps.study.storage import database_url, open_study, storage_lock, storage_url
-from sweeps.track import RUN_ATTR, Tracker, default_tracking_uri
+from sweeps.study.suggest import TrialParams
+from sweeps.track import Tracker
+
+if TYPE_CHECKING:
+    from sweeps.train import EpochResult, StudyContext, TrialOutcome
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How one kind of trial ending is recorded in Optuna and MLflow."""
+
+    state: TrialState
+    mlflow_status: str  # FINISHED | FAILED | KILLED
+    status_tag: str  # the run's sweeps.status
+    reason_tag: str  # the tag the reason goes to
+
+
+ENDINGS = {
+    "pruned": Ending(TrialState.PRUNED, "FINISHED", "pruned", Tag.PRUNE_REASON),
+    "failed": Ending(TrialState.FAIL, "FAILED", "failed", Tag.FAIL_REASON),
+    "interrupted": Ending(TrialState.FAIL, "KILLED", "failed", Tag.FAIL_REASON),
+}
 
 
 @dataclass
@@ -47,22 +68,22 @@ class StudyRunner:
     """Runs trials of one study in this process until the budget (``n_trials``/``timeout``) is used up."""
 
     def __init__(
-        self, spec: Any, output: Path, *, dataframe: Any = None, progress: Callable[[str], None] | None = None
+        self, spec: StudySpec, output: Path, *, dataframe: Any = None, progress: Callable[[str], None] | None = None
     ) -> None:
         self.spec = spec
         self.output = output
         self.output.mkdir(parents=True, exist_ok=True)
         self.dataframe = dataframe
         self.say = progress or (lambda msg: log.info(msg))
-        self.study = open_study(spec, output)
+        self.study = open_study(spec)
+        assert spec.tracking.uri is not None and spec.tracking.experiment is not None  # resolved by sweeps.config
         self.tracker = Tracker(
-            database_url(spec.tracking.uri) if spec.tracking.uri else default_tracking_uri(output),
-            spec.tracking.experiment or spec.name,
+            database_url(spec.tracking.uri),
+            spec.tracking.experiment,
             artifact_root=output / "mlartifacts",
             enabled=spec.tracking.enabled,
         )
-        self.objectives = objectives(spec)
-        self.ctx = None
+        self.ctx: StudyContext | None = None
         self.parent_run_id: str | None = None
 
     # -- set-up ---------------------------------------------------------------------------------------------------
@@ -80,18 +101,18 @@ class StudyRunner:
             raise SpecError("layers", str(exc)) from exc
         check_strategy_bounds(self.spec, layer_map.num_layers)
         for i, entry in enumerate(self.spec.strategies):
-            if not _has_search(entry):  # searched values are range-checked above; fixed ones are checked here
+            if not any(is_search(v) for v in entry.params.values()):  # searched ranges were checked just above
                 check_strategy(entry.name, dict(entry.params), layer_map, index=i)
         self.num_layers = layer_map.num_layers
         del model, layer_map
         self.parent_run_id = self.open_parent_run()
         if self.parent_run_id and not self._parent_has_params():
-            self.tracker.log_text(self.parent_run_id, self.spec.dump_yaml(masked=True), "study.yaml")
+            self.tracker.log_text(self.parent_run_id, self.spec.dump_yaml(masked=True), Artifact.STUDY_YAML)
             self.tracker.log_params(
                 self.parent_run_id,
                 {
                     "study_name": self.study.study_name,
-                    "objectives": ",".join(m for m, _ in self.objectives),
+                    "objectives": ",".join(self.spec.objective_metrics),
                     "num_layers": str(self.num_layers),
                     "labels": ",".join(self.ctx.data.label_names),
                     **self.ctx.model_source.describe(),
@@ -103,11 +124,11 @@ class StudyRunner:
         machines, ``docker compose --scale``) each created one and split the trials between two parents."""
         storage = getattr(self.study._storage, "_backend", self.study._storage)
         with storage_lock(
-            storage_url(self.spec, self.output),
+            storage_url(self.spec),
             f"freeze-sweeps:parent-run:{self.study.study_name}",
             engine=getattr(storage, "engine", None),
         ):
-            return self.tracker.parent_run(self.study, self.spec.name, {"sweeps.study": self.study.study_name})
+            return self.tracker.parent_run(self.study, self.spec.name, {Tag.STUDY: self.study.study_name})
 
     def _parent_has_params(self) -> bool:
         try:
@@ -145,44 +166,48 @@ class StudyRunner:
         random start-up could otherwise leave a strategy untried and the comparison would be silent about it."""
         if len(self.spec.strategies) < 2:
             return
-        tried = {t.params.get("strategy") for t in self.study.get_trials(deepcopy=False)}
+        tried = {t.params.get(STRATEGY_PARAM) for t in self.study.get_trials(deepcopy=False)}
         for entry in self.spec.strategies:
             if entry.name not in tried:
-                self.study.enqueue_trial({"strategy": entry.name}, skip_if_exists=True)
+                self.study.enqueue_trial({STRATEGY_PARAM: entry.name}, skip_if_exists=True)
 
     def run_one(self, n_trials: int | None) -> TrialReport | None:
         from sweeps.study.suggest import suggest
 
         trial = self.study.ask()
         if n_trials is not None and self._is_surplus(trial, n_trials):
-            self.study.set_user_attr("_last_surplus", trial.number)
-            trial.set_user_attr("surplus", True)
-            trial.set_user_attr("fail_reason", "surplus: n_trials already reached by other workers")
+            self.study.set_user_attr(StudyAttr.LAST_SURPLUS, trial.number)
+            trial.set_user_attr(TrialAttr.SURPLUS, True)
+            trial.set_user_attr(TrialAttr.FAIL_REASON, "surplus: n_trials already reached by other workers")
             self.study.tell(trial, state=TrialState.FAIL)
             return None
-        trial.set_user_attr("host", HOST)
-        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr(TrialAttr.HOST, HOST)
+        trial.set_user_attr(TrialAttr.PID, os.getpid())
         try:
             params = suggest(trial, self.spec)
         except SpecError as exc:
-            trial.set_user_attr("fail_reason", str(exc))
+            trial.set_user_attr(TrialAttr.FAIL_REASON, str(exc))
             self.study.tell(trial, state=TrialState.FAIL)
             raise
-        trial.set_user_attr("strategy", params.strategy)
+        trial.set_user_attr(TrialAttr.STRATEGY, params.strategy)
         run_id = self.tracker.start_trial(
             self.parent_run_id,
             f"trial-{trial.number}-{params.strategy}",
             {
-                "sweeps.study": self.study.study_name,
-                "optuna.trial_number": str(trial.number),
-                "sweeps.strategy": params.strategy,
-                "sweeps.status": "running",
-                "sweeps.host": HOST,
+                Tag.STUDY: self.study.study_name,
+                Tag.TRIAL_NUMBER: str(trial.number),
+                Tag.STRATEGY: params.strategy,
+                Tag.STATUS: "running",
+                Tag.HOST: HOST,
             },
-            {"strategy": params.strategy, "strategy_params": params.strategy_params, "training": params.training},
+            {
+                "strategy": params.strategy,
+                "strategy_params": params.strategy_params,
+                "training": params.training.model_dump(),
+            },
         )
         if run_id:
-            trial.set_user_attr(RUN_ATTR, run_id)
+            trial.set_user_attr(TrialAttr.MLFLOW_RUN, run_id)
         self.say(f"trial {trial.number}: {params.strategy} {params.strategy_params or ''}")
         with _heartbeat(self.study, trial):
             return self._execute(trial, params, run_id)
@@ -193,221 +218,102 @@ class StudyRunner:
         ]
         return len(before) >= n_trials
 
-    def _execute(self, trial: optuna.Trial, params: Any, run_id: str | None) -> TrialReport:
-        from sweeps.train import TrialDiverged, release_memory, remove_dir, run_trial
+    def _execute(self, trial: optuna.Trial, params: TrialParams, run_id: str | None) -> TrialReport:
+        """Run one trial; the trial reports its epochs to a :class:`~sweeps.study.observer.PruningObserver`, which
+        logs them and asks the pruner. Every way it can end is recorded by :meth:`finish` or :meth:`_complete`."""
+        from sweeps.study.observer import PruningObserver
+        from sweeps.train import Stopped, TrialDiverged, run_trial
 
-        multi = len(self.objectives) > 1
-        metric = self.spec.task.metric
-        model_dir = self.output / "models" / f"trial_{trial.number}"
-
-        epochs_so_far: list[Any] = []
-
-        def on_epoch_end(result: Any) -> None:
-            epochs_so_far.append(result)
-            lrs = {f"lr/{name}": lr for name, lr in result.learning_rates.items()}
-            self.tracker.log_metrics(run_id, {**result.metrics, **lrs}, step=result.epoch)
-            self.say(
-                f"  trial {trial.number} epoch {result.epoch + 1}/{self.spec.training.epochs}: "
-                f"{metric}={result.metrics[metric]:.4f} train_loss={result.metrics['train_loss']:.4f} "
-                f"epoch_time={result.metrics['epoch_time_s']:.1f}s peak_mem={result.metrics['peak_memory_mb']:.0f}MB"
-            )
-            if multi:
-                return  # Optuna cannot prune multi-objective trials
-            if result.epoch + 1 <= self._prune_warmup(params):
-                return
-            trial.report(result.metrics[metric], step=result.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {result.epoch + 1}: {metric}={result.metrics[metric]:.4f}")
-
-        def on_fold_end(fold: int, running: dict[str, float]) -> None:
-            self.tracker.log_metrics(run_id, {f"cv/{k}": v for k, v in running.items()}, step=fold)
-            self.say(
-                f"  trial {trial.number} fold {fold + 1}/{self.spec.task.cv.folds}: mean {metric}={running[metric]:.4f}"
-            )
-            if not multi:
-                trial.report(running[metric], step=fold)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned after fold {fold + 1}: mean {metric}={running[metric]:.4f}")
-
+        assert self.ctx is not None
+        observer = PruningObserver(trial, self.spec, self.tracker, run_id, self.say)
+        model_dir = trial_model_dir(self.output, trial.number)
         try:
             outcome = run_trial(
                 self.ctx,
                 params.strategy,
                 params.strategy_params,
                 params.training,
-                on_epoch_end=on_epoch_end,
-                on_fold_end=on_fold_end,
+                observer=observer,
                 model_dir=model_dir,
             )
-        except optuna.TrialPruned as exc:
-            remove_dir(model_dir)
-            self._write_epochs(trial.number, epochs_so_far)
-            self.study.tell(trial, state=TrialState.PRUNED)
-            self.tracker.set_tags(run_id, {"sweeps.status": "pruned", "sweeps.prune_reason": str(exc)})
-            self.tracker.end_run(run_id, "FINISHED")
-            self.say(f"trial {trial.number}: pruned ({exc})")
-            return TrialReport(trial.number, "pruned", params.strategy, None, reason=str(exc))
         except KeyboardInterrupt:
             with _ignoring_sigint():  # a second Ctrl-C must not cut the bookkeeping short (trial left RUNNING)
-                remove_dir(model_dir)
-                trial.set_user_attr("interrupted", True)
-                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
-                self.study.tell(trial, state=TrialState.FAIL)
-                self.tracker.set_tags(
-                    run_id, {"sweeps.status": "failed", "sweeps.fail_reason": "interrupted (Ctrl-C)"}
-                )
-                self.tracker.end_run(run_id, "KILLED")
+                self.finish(trial, params, run_id, "interrupted", "interrupted (Ctrl-C)")
             raise
         except Exception as exc:
-            remove_dir(model_dir)
-            release_memory(self.ctx.device)
-            reason = _failure_reason(exc)
-            trial.set_user_attr("fail_reason", reason)
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.tracker.set_tags(run_id, {"sweeps.status": "failed", "sweeps.fail_reason": reason})
-            self.tracker.end_run(run_id, "FAILED")
-            self.say(f"trial {trial.number}: FAILED: {reason}")
             if not isinstance(exc, (TrialDiverged, SweepsError, ValueError, RuntimeError, MemoryError)):
                 log.exception("trial %s raised", trial.number)
-            return TrialReport(trial.number, "failed", params.strategy, None, reason=reason)
-        values = [outcome.metrics[m] for m, _ in self.objectives]
-        self._log_outcome(trial, run_id, outcome)
-        self.study.tell(trial, values=values if multi else values[0])
-        self.tracker.set_tags(run_id, {"sweeps.status": "complete"})
+            return self.finish(trial, params, run_id, "failed", _failure_reason(exc))
+        if isinstance(outcome, Stopped):
+            return self.finish(trial, params, run_id, "pruned", outcome.reason, epochs=observer.epochs)
+        return self._complete(trial, params, run_id, outcome)
+
+    def finish(
+        self,
+        trial: optuna.Trial,
+        params: TrialParams,
+        run_id: str | None,
+        how: str,
+        reason: str,
+        *,
+        epochs: Sequence[EpochResult] = (),
+    ) -> TrialReport:
+        """Record a trial that did not complete (``how``: pruned, failed or interrupted, see :data:`ENDINGS`) with
+        ``reason``, in Optuna and MLflow; its saved model (if any) is removed. A failed trial's memory is released
+        before the next one starts; a pruned trial's epochs are kept for the report's learning curves. The reason is
+        recorded *before* the trial is told: a finished trial's attributes can no longer be changed."""
+        from sweeps.study.artifacts import remove_dir, write_epochs
+        from sweeps.train import release_memory
+
+        ending = ENDINGS[how]
+        remove_dir(trial_model_dir(self.output, trial.number))
+        if how == "failed" and self.ctx is not None:
+            release_memory(self.ctx.device)
+        if how == "pruned":
+            write_epochs(self.output, trial.number, list(epochs))
+        if how == "interrupted":
+            trial.set_user_attr(TrialAttr.INTERRUPTED, True)
+        if ending.state == TrialState.FAIL:
+            trial.set_user_attr(TrialAttr.FAIL_REASON, reason)
+        self.study.tell(trial, state=ending.state)
+        self.tracker.set_tags(run_id, {Tag.STATUS: ending.status_tag, ending.reason_tag: reason})
+        self.tracker.end_run(run_id, ending.mlflow_status)
+        if how == "pruned":
+            self.say(f"trial {trial.number}: pruned ({reason})")
+        elif how == "failed":
+            self.say(f"trial {trial.number}: FAILED: {reason}")
+        return TrialReport(trial.number, how, params.strategy, None, reason=reason)
+
+    def _complete(
+        self, trial: optuna.Trial, params: TrialParams, run_id: str | None, outcome: TrialOutcome
+    ) -> TrialReport:
+        from sweeps.report.table import primary_metric
+        from sweeps.study.artifacts import keep_if_best, log_best_to_parent, record_outcome
+
+        assert self.ctx is not None
+        values = [outcome.metrics[m] for m in self.spec.objective_metrics]
+        record_outcome(
+            trial,
+            self.tracker,
+            run_id,
+            outcome,
+            out=self.output,
+            label_names=self.ctx.data.label_names,
+            out_of_fold=self.spec.task.cv.enabled,
+        )
+        self.study.tell(trial, values=values if self.spec.multi_objective else values[0])
+        self.tracker.set_tags(run_id, {Tag.STATUS: "complete"})
         self.tracker.end_run(run_id, "FINISHED")
-        self._keep_if_best(trial.number, model_dir, run_id)
-        self._log_best_to_parent()
+        max_length = self.spec.task.max_length
+        keep_if_best(self.study, self.tracker, trial.number, run_id, out=self.output, max_length=max_length)
+        log_best_to_parent(self.study, self.tracker, self.parent_run_id, primary_metric(self.spec))
+        m, metric = outcome.metrics, self.spec.task.metric
         self.say(
-            f"trial {trial.number}: complete: {metric}={outcome.metrics[metric]:.4f} "
-            f"f1_macro={outcome.metrics['f1_macro']:.4f} epoch_time={outcome.metrics['epoch_time_s']:.1f}s "
-            f"peak_mem={outcome.metrics['peak_memory_mb']:.0f}MB trainable={int(outcome.metrics['trainable_params']):,}"
+            f"trial {trial.number}: complete: {metric}={m[metric]:.4f} "
+            f"f1_macro={m['f1_macro']:.4f} epoch_time={m['epoch_time_s']:.1f}s "
+            f"peak_mem={m['peak_memory_mb']:.0f}MB trainable={int(m['trainable_params']):,}"
         )
         return TrialReport(trial.number, "complete", params.strategy, values, outcome.metrics)
-
-    def _prune_warmup(self, params: Any) -> int:
-        """No pruning before the strategy's schedule completes (gradual unfreezing) nor before the pruner warm-up."""
-        from strategies import build_strategy
-
-        strategy = build_strategy(params.strategy, params.strategy_params)
-        return max(strategy.schedule_end(_LayerCount(self.num_layers)), 0)
-
-    def _log_outcome(self, trial: optuna.Trial, run_id: str | None, outcome: Any) -> None:
-        last = len(outcome.epochs) - 1
-        final = {k: v for k, v in outcome.metrics.items()}
-        self.tracker.log_metrics(run_id, final, step=max(last, 0))
-        for k, v in outcome.metrics.items():
-            trial.set_user_attr(f"metric.{k}", v)
-        trial.set_user_attr("frozen_params_verified", outcome.frozen_params_verified)
-        tags = {"frozen_params_verified": str(outcome.frozen_params_verified).lower()}
-        for k, v in outcome.cache_stats.items():
-            if isinstance(v, (int, float, str, bool)):
-                tags[f"cache.{k}"] = v
-        self.tracker.set_tags(run_id, tags)
-        self.tracker.log_text(run_id, outcome.layer_table_text, "layer_groups.txt")
-        self.tracker.log_json(run_id, outcome.layer_table, "layer_groups.json")
-        self.tracker.log_json(
-            run_id, {"labels": self.ctx.data.label_names, "matrix": outcome.confusion.tolist()}, "confusion_matrix.json"
-        )
-        epochs = self._write_epochs(trial.number, outcome.epochs)
-        self.tracker.log_json(run_id, epochs, "epochs.json")
-        preds_dir = self.output / "predictions"
-        preds_dir.mkdir(parents=True, exist_ok=True)
-        path = preds_dir / f"trial_{trial.number}_{'oof' if self.spec.task.cv.folds >= 2 else 'validation'}.csv"
-        _write_predictions(path, outcome, self.ctx.data.label_names)
-        self.tracker.log_file(run_id, path, "predictions")
-
-    def _write_epochs(self, number: int, results: list[Any]) -> list[dict[str, Any]]:
-        """Per-epoch series in the study folder (the report's learning curves; pruned trials too)."""
-        epochs = [
-            {"epoch": e.epoch, **e.metrics, **{f"lr/{k}": v for k, v in e.learning_rates.items()}} for e in results
-        ]
-        trial_dir = self.output / "trials"
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        (trial_dir / f"trial_{number}_epochs.json").write_text(json.dumps(epochs, indent=1))
-        return epochs
-
-    def _keep_if_best(self, number: int, model_dir: Path, run_id: str | None) -> None:
-        """Keep the saved model of the best trial only (by the first objective); remove the others."""
-        from sweeps.train import remove_dir
-
-        best = self._best_trial_number()
-        if best is None:
-            return
-        pointer = self.output / "models" / "best.json"
-        previous = json.loads(pointer.read_text()).get("trial") if pointer.exists() else None
-        if best == number:
-            tmp = pointer.with_suffix(".tmp")
-            tmp.write_text(json.dumps(
-                    {
-                        "trial": number,
-                        "path": model_dir.name,
-                        "mlflow_run_id": run_id,
-                        "max_length": self.spec.task.max_length,
-                    }
-                ))
-            os.replace(tmp, pointer)
-            if previous is not None and previous != number:
-                remove_dir(self.output / "models" / f"trial_{previous}")
-            if run_id and model_dir.exists():
-                self.tracker.set_tags(run_id, {"sweeps.best_model": "true"})
-                self._log_model(run_id, model_dir)
-        else:
-            remove_dir(model_dir)
-
-    def _best_trial_number(self) -> int | None:
-        """The study's best trial by the report's rule (one helper owns it: :func:`sweeps.report.best_trial_number`)."""
-        from sweeps.report.table import best_trial_number, primary_metric
-
-        return best_trial_number(self.study, *primary_metric(self.spec))
-
-    def _log_best_to_parent(self) -> None:
-        """The best trial's metrics, number, strategy and parameters on the parent run, refreshed after each trial."""
-        if not self.parent_run_id:
-            return
-        number = self._best_trial_number()
-        if number is None:
-            return
-        best = self.study.trials[number]
-        metrics = {k[len("metric.") :]: v for k, v in best.user_attrs.items() if k.startswith("metric.")}
-        complete = sum(t.state == TrialState.COMPLETE for t in self.study.get_trials(deepcopy=False))
-        try:
-            self.tracker.log_best(
-                self.parent_run_id, number, str(best.user_attrs.get("strategy", "?")),
-                {k: v for k, v in best.params.items() if k != "strategy"}, metrics, step=complete,
-            )
-        except Exception as exc:  # the study's record is Optuna's; the parent run is a view of it
-            log.warning("best trial %s not logged to the MLflow parent run: %s", number, exc)
-
-    def _log_model(self, run_id: str, model_dir: Path) -> None:
-        """The best model as an MLflow transformers model (a Logged Model); the plain folder if the flavour fails
-        (CV trials save one folder per fold, which is no single pipeline)."""
-        try:
-            if (model_dir / "config.json").exists():
-                uri = self.tracker.log_transformers_model(run_id, model_dir)
-                self.tracker.set_tags(run_id, {"sweeps.model_uri": uri or ""})
-                return
-        except Exception as exc:
-            log.warning("best model not logged with the MLflow transformers flavour (%s); logging the folder", exc)
-        self.tracker.log_dir(run_id, model_dir, "model")
-
-
-class _LayerCount:
-    """The bits of a LayerMap that ``schedule_end`` needs, without rebuilding the model."""
-
-    def __init__(self, num_layers: int) -> None:
-        from strategies.layers import EMBEDDINGS, HEAD, layer_name
-
-        self.num_layers = num_layers
-        self.names = [EMBEDDINGS, *(layer_name(i) for i in range(num_layers)), HEAD]
-        self.shared_layers = False
-
-
-def _is_search(value: Any) -> bool:
-    return isinstance(value, dict) or (hasattr(value, "model_fields") and hasattr(value, "type"))
-
-
-def _has_search(entry: Any) -> bool:
-    return any(_is_search(v) for v in entry.params.values())
 
 
 @contextlib.contextmanager
@@ -430,13 +336,3 @@ def _failure_reason(exc: BaseException) -> str:
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return f"out of memory: {exc}".strip()
     return f"{type(exc).__name__}: {exc}"
-
-
-def _write_predictions(path: Path, outcome: Any, label_names: list[str]) -> None:
-
-    probs = outcome.eval_probs
-    frame = pd.DataFrame(probs, columns=[f"prob_{n}" for n in label_names])
-    frame.insert(0, "example_id", outcome.oof_index if outcome.oof_index is not None else np.arange(len(probs)))
-    frame.insert(1, "label", [label_names[i] for i in outcome.eval_labels])
-    frame.insert(2, "prediction", [label_names[i] for i in probs.argmax(-1)])
-    frame.to_csv(path, index=False)

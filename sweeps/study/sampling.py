@@ -1,4 +1,4 @@
-"""The Optuna sampler and pruner a study file asks for, and the study's objectives.
+"""The Optuna sampler and pruner a study file asks for.
 """
 
 from __future__ import annotations
@@ -10,23 +10,13 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from sweeps.config import StudySpec
 from sweeps.errors import SpecError
-from sweeps.metrics import direction
 
 
-def objectives(spec: Any) -> list[tuple[str, str]]:
-    """(metric, direction) per objective."""
-    out = []
-    for item in spec.optuna.objectives:
-        if isinstance(item, str):
-            out.append((item, direction(item)))
-        else:
-            out.append((item.metric, item.direction or direction(item.metric)))
-    return out
-
-
-def make_sampler(spec: Any) -> optuna.samplers.BaseSampler:
-    seed = spec.optuna.sampler_seed if spec.optuna.sampler_seed is not None else spec.training.seed
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    seed = spec.optuna.sampler_seed  # resolved by sweeps.config: training.seed unless given
+    assert seed is not None
     name = spec.optuna.sampler
     if name == "tpe":
         return TrialSeededSampler(lambda s: optuna.samplers.TPESampler(seed=s), seed)
@@ -90,7 +80,7 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         self._sampler.reseed_rng()
 
 
-def make_pruner(spec: Any) -> optuna.pruners.BasePruner:
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     name = spec.optuna.pruner
     warmup = spec.optuna.pruner_warmup_epochs
     if name == "median":

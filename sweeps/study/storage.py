@@ -14,15 +14,17 @@ from typing import Any
 
 import optuna
 
+from sweeps.config import StudySpec
 from sweeps.errors import SpecError, SweepsError
-from sweeps.study.sampling import make_pruner, make_sampler, objectives
-
-FINGERPRINT_ATTR = "spec_fingerprint"
+from sweeps.records import StudyAttr
+from sweeps.study.sampling import make_pruner, make_sampler
 
 
 # -- construction -------------------------------------------------------------------------------------------------
-def storage_url(spec: Any, output: Path) -> str:
-    return database_url(spec.optuna.storage or f"sqlite:///{(output / 'optuna.db').resolve()}")
+def storage_url(spec: StudySpec) -> str:
+    """The study's storage URL (resolved by :mod:`sweeps.config`), with an installed PostgreSQL driver."""
+    assert spec.optuna.storage is not None, "an unresolved spec: use sweeps.config.load_spec/parse_spec"
+    return database_url(spec.optuna.storage)
 
 
 def database_url(url: str) -> str:
@@ -39,9 +41,9 @@ def database_url(url: str) -> str:
     return f"postgresql://{rest}"
 
 
-def open_storage(spec: Any, output: Path) -> optuna.storages.BaseStorage:
+def open_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
     """Optuna storage with heartbeats (RDB) so trials of a dead worker on another machine are detected too."""
-    url = storage_url(spec, output)
+    url = storage_url(spec)
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
@@ -151,12 +153,12 @@ def _serialize_sqlite(engine: Any) -> None:
     engine.dispose()  # connections opened while the storage was created predate the hooks
 
 
-def open_study(spec: Any, output: Path) -> optuna.Study:
+def open_study(spec: StudySpec) -> optuna.Study:
     """Create or resume the study; refuse to resume when the study file changed in a way that makes old trials
     incomparable (model, data, metric, CV, objectives)."""
-    study_name = spec.optuna.study_name or spec.name
-    dirs = [d for _, d in objectives(spec)]
-    storage = open_storage(spec, output)
+    study_name = spec.optuna.study_name
+    dirs = spec.directions
+    storage = open_storage(spec)
     study = optuna.create_study(
         storage=storage,
         sampler=make_sampler(spec),
@@ -172,10 +174,10 @@ def open_study(spec: Any, output: Path) -> optuna.Study:
             "give a new optuna.study_name (or name) to start a new study",
         )
     fingerprint = spec.fingerprint()
-    old = study.user_attrs.get(FINGERPRINT_ATTR)
+    old = study.user_attrs.get(StudyAttr.FINGERPRINT)
     if old is None:
-        study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
-        study.set_user_attr("objectives", [m for m, _ in objectives(spec)])
+        study.set_user_attr(StudyAttr.FINGERPRINT, fingerprint)
+        study.set_user_attr(StudyAttr.OBJECTIVES, spec.objective_metrics)
     elif old != fingerprint:
         raise SpecError(
             "task",
@@ -183,7 +185,7 @@ def open_study(spec: Any, output: Path) -> optuna.Study:
             "way that makes old and new trials incomparable). Use a new study name (--set name=...) or a new "
             "--output folder; harmless changes such as optuna.n_trials are accepted.",
         )
-    _name_metrics(study, [m for m, _ in objectives(spec)])
+    _name_metrics(study, list(spec.objective_metrics))
     return study
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 
-from sweeps.config.schema import StudySpec
+from sweeps.config.schema import StudySpec, TrainingConfig
 from sweeps.config.search_space import STRATEGY_PARAM, param_name
 from sweeps.config.spaces import FloatSpace, IntSpace, SearchSpace, is_search
 
@@ -20,14 +20,14 @@ class TrialParams:
     """What one trial trains with.
 
     ``strategy_params`` holds every hyperparameter of the chosen strategy (defaults, fixed values and sampled values),
-    ready for :func:`strategies.registry.build_strategy` and for logging; ``training`` is the complete training
-    section with searched fields replaced by their sampled values; ``searched`` only the sampled values, by Optuna
-    name (what the sampler actually chose).
+    ready for :func:`strategies.registry.build_strategy` and for logging; ``training`` is the study's training
+    section with every searched field replaced by its sampled value (so the trial reads plain values, typed);
+    ``searched`` only the sampled values, by Optuna name (what the sampler actually chose).
     """
 
     strategy: str
+    training: TrainingConfig
     strategy_params: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
     searched: dict[str, Any] = field(default_factory=dict)
 
 
@@ -58,10 +58,11 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> TrialParams:
             params[key] = searched[name] = _suggest_one(trial, name, value)
         else:
             params[key] = value
-    training = spec.training.model_dump()
-    for key in training:
+    sampled: dict[str, Any] = {}
+    for key in type(spec.training).model_fields:
         value = getattr(spec.training, key)
         if is_search(value):
             name = f"training.{key}"
-            training[key] = searched[name] = _suggest_one(trial, name, value)
+            sampled[key] = searched[name] = _suggest_one(trial, name, value)
+    training = spec.training.model_copy(update=sampled)
     return TrialParams(strategy=entry.name, strategy_params=params, training=training, searched=searched)

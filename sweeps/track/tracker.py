@@ -25,17 +25,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sweeps.config import mask_secrets
 from sweeps.errors import SweepsError
+from sweeps.records import StudyAttr, Tag
 
 log = logging.getLogger(__name__)
-
-PARENT_ATTR = "mlflow_parent_run_id"
-RUN_ATTR = "mlflow_run_id"
-
-
-def default_tracking_uri(output: Path) -> str:
-    return f"sqlite:///{(output / 'mlflow.db').resolve()}"
-
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
     if isinstance(value, Mapping):
@@ -73,8 +67,6 @@ class Tracker:
             else:
                 self.experiment_id = found.experiment_id
         except Exception as exc:
-            from sweeps.config import mask_secrets
-
             raise SweepsError(
                 f"tracking.uri: cannot use MLflow tracking at {mask_secrets(uri)}: {mask_secrets(str(exc))}"
             ) from exc
@@ -84,7 +76,7 @@ class Tracker:
         """The study's parent run: reused from the study's attributes, created on first use."""
         if not self.enabled:
             return None
-        run_id = study.user_attrs.get(PARENT_ATTR)
+        run_id = study.user_attrs.get(StudyAttr.MLFLOW_PARENT)
         if run_id:
             try:
                 run = self.client.get_run(run_id)
@@ -94,8 +86,8 @@ class Tracker:
                     return run_id
             except Exception:
                 log.warning("parent run %s not found in %s; creating a new one", run_id, self.uri)
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, "sweeps.role": "study"})
-        study.set_user_attr(PARENT_ATTR, run.info.run_id)
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, Tag.ROLE: "study"})
+        study.set_user_attr(StudyAttr.MLFLOW_PARENT, run.info.run_id)
         return run.info.run_id
 
     def start_trial(
@@ -103,9 +95,9 @@ class Tracker:
     ) -> str | None:
         if not self.enabled:
             return None
-        all_tags = {**tags, "sweeps.role": "trial"}
+        all_tags = {**tags, Tag.ROLE: "trial"}
         if parent_id:
-            all_tags["mlflow.parentRunId"] = parent_id
+            all_tags[Tag.PARENT_RUN] = parent_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         flat: dict[str, str] = {}
         _flatten("", params, flat)
@@ -163,8 +155,10 @@ class Tracker:
         if not self.enabled or parent_id is None:
             return
         self.log_metrics(parent_id, {**metrics, "best_trial": float(number)}, step=step)
-        tags = {"sweeps.best.trial": number, "sweeps.best.strategy": strategy}
-        tags.update({f"sweeps.best.param.{k}": v for k, v in params.items()})
+        from sweeps.records import Tag
+
+        tags = {Tag.BEST_PREFIX + "trial": number, Tag.BEST_PREFIX + "strategy": strategy}
+        tags.update({f"{Tag.BEST_PREFIX}param.{k}": v for k, v in params.items()})
         self.set_tags(parent_id, tags)
 
     def log_transformers_model(self, run_id: str | None, model_dir: Path, name: str = "model") -> str | None:

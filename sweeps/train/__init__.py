@@ -6,21 +6,31 @@ MLflow.
 """
 
 from sweeps.train.context import StudyContext, layer_spec, resolve_device
-from sweeps.train.loop import EpochResult, LoopConfig, LoopResult, TrainingLoop, TrialDiverged
-from sweeps.train.trial import TrialOutcome, check_strategy, release_memory, remove_dir, run_trial, train_once
+from sweeps.train.loop import EpochObserver, EpochResult, LoopConfig, LoopResult, TrainingLoop, TrialDiverged
+from sweeps.train.trial import (
+    Stopped,
+    TrialObserver,
+    TrialOutcome,
+    check_strategy,
+    release_memory,
+    run_trial,
+    train_once,
+)
 
 __all__ = [
+    "EpochObserver",
     "EpochResult",
     "LoopConfig",
     "LoopResult",
+    "Stopped",
     "StudyContext",
     "TrainingLoop",
     "TrialDiverged",
+    "TrialObserver",
     "TrialOutcome",
     "check_strategy",
     "layer_spec",
     "release_memory",
-    "remove_dir",
     "resolve_device",
     "run_trial",
     "train_once",

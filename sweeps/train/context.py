@@ -12,8 +12,11 @@ from typing import Any
 import torch
 
 from strategies import LayerSpec
-from sweeps.data import load_task_data, make_collator, tokenization_key, tokenize_split
+from sweeps.config import DataConfig, StudySpec
+from sweeps.data import TaskData, load_task_data, make_collator, tokenization_key, tokenize_split
 from sweeps.errors import SpecError
+from sweeps.records import tokenized_cache_dir
+from sweeps.train.models import ModelSource, load_classifier, load_tokenizer, resolve_model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -25,9 +28,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def layer_spec(spec: Any) -> LayerSpec | None:
+def layer_spec(spec: StudySpec | None) -> LayerSpec | None:
     """The study file's ``layers:`` section as a :class:`LayerSpec` (None: discover)."""
-    section = getattr(spec, "layers", None)
+    section = spec.layers if spec is not None else None
     if section is None:
         return None
     return LayerSpec(
@@ -38,7 +41,7 @@ def layer_spec(spec: Any) -> LayerSpec | None:
     )
 
 
-def resolved_data_config(spec: Any) -> Any:
+def resolved_data_config(spec: StudySpec) -> DataConfig:
     """``task.data`` with file locations made absolute against the study file's folder (hub splits stay names), so
     a study runs the same from any working directory."""
     cfg = spec.task.data
@@ -52,19 +55,18 @@ def resolved_data_config(spec: Any) -> Any:
 class StudyContext:
     """Per-process state shared by every trial of a study: built once, read by each trial."""
 
-    spec: Any
+    spec: StudySpec
     output: Path
     device: torch.device
-    data: Any  # sweeps.data.TaskData
+    data: TaskData
     tokenizer: Any
-    model_source: Any  # sweeps.train.models.ModelSource
+    model_source: ModelSource
     tokenized: dict[str, Any]  # split name -> tokenized datasets.Dataset
     split_keys: dict[str, str]  # split name -> tokenization cache key (used by the activation cache)
     collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
 
     @classmethod
-    def prepare(cls, spec: Any, output: Path, dataframe: Any = None) -> StudyContext:
-        from sweeps.train.models import load_tokenizer, resolve_model
+    def prepare(cls, spec: StudySpec, output: Path, dataframe: Any = None) -> StudyContext:
 
         device = resolve_device(spec.training.device)
         if spec.training.num_threads:
@@ -74,7 +76,7 @@ class StudyContext:
         )
         source = resolve_model(spec.task.model, spec.base_dir, spec.task.revision)
         tokenizer = load_tokenizer(source)
-        cache_dir = output / "cache" / "tokenized"
+        cache_dir = tokenized_cache_dir(output)
         tokenized, keys = {}, {}
         for split in ("train", "validation", "test"):
             ds = getattr(data, split)
@@ -85,6 +87,4 @@ class StudyContext:
         return cls(spec, output, device, data, tokenizer, source, tokenized, keys, make_collator(tokenizer))
 
     def build_model(self) -> torch.nn.Module:
-        from sweeps.train.models import load_classifier
-
         return load_classifier(self.model_source, self.data.label_names).to(self.device)

@@ -7,9 +7,13 @@ the LR schedule must follow groups added later, frozen blocks run in eval mode, 
 
 Per epoch it reports: ``train_loss``, ``eval_loss``, ``accuracy``, ``f1_macro``, ``f1_weighted``, ``epoch_time_s``
 (training only), ``eval_time_s``, ``samples_per_s``, ``peak_memory_mb`` (this trial's peak so far),
-``trainable_params`` and ``lr/<group>`` for every layer group: the mean LR the group trained at over the epoch's
-optimizer steps (0 while frozen). Read at epoch end instead, a linear decay reads 0 in the last epoch, and a group that
-gradual unfreezing opened in that epoch would look as if it never trained.
+``trainable_params`` and ``lr/<group>`` for every layer group, to the :class:`EpochObserver` it is given; the
+observer may answer with a reason to stop (the study's pruner), and the loop then stops and returns. The loop knows
+nothing of Optuna or MLflow.
+
+``lr/<group>`` is the mean LR the group trained at over the epoch's optimizer steps (0 while frozen). Read at epoch
+end instead, a linear decay reads 0 in the last epoch, and a group that gradual unfreezing opened in that epoch would
+look as if it never trained.
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -28,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from strategies import FreezeController, LayerMap, Strategy, frozen_prefix_depth
-from sweeps.metrics import classification_metrics
+from sweeps.metrics import classification_metrics, is_better
 from sweeps.train.forward import DirectForward, ForwardRunner
 from sweeps.train.memory import PeakMemory
 
@@ -63,6 +67,13 @@ class EpochResult:
     metrics: dict[str, float]
     learning_rates: dict[str, float]
     plan_changed: bool = False
+    schedule_complete: bool = True  # the strategy's plan no longer changes from this epoch on (fair to prune)
+
+
+class EpochObserver(Protocol):
+    """Receives each finished epoch; returns a reason to stop the run, or ``None`` to go on."""
+
+    def on_epoch(self, result: EpochResult) -> str | None: ...
 
 
 @dataclass
@@ -72,6 +83,25 @@ class LoopResult:
     eval_probs: np.ndarray | None = None  # probabilities of the best epoch, eval split order
     eval_labels: np.ndarray | None = None
     stopped_early: bool = False
+    stop_reason: str | None = None  # the observer's reason when it stopped the run
+
+
+def schedule_end_epoch(strategy: Strategy, layer_map: LayerMap, steps_per_epoch: int) -> int:
+    """The first epoch from which ``strategy``'s plan no longer changes.
+
+    ``schedule_end`` answers in epochs; a step-wise schedule (``unit: step``) cannot, because only the trial knows its
+    steps per epoch, so its ``final_clock`` (the optimizer step of the last change) is converted here. Without this,
+    ``schedule_end`` says 0 for step schedules and a ``unit: step`` gradual trial could be pruned from epoch 1.
+    """
+    parts = getattr(strategy, "parts", None) or (strategy,)  # a composite: each part's own schedule
+    end = 0
+    for part in parts:
+        final_clock = getattr(part, "final_clock", None)
+        if part.stepwise and final_clock is not None:
+            end = max(end, math.ceil(final_clock(layer_map) / max(steps_per_epoch, 1)))
+        else:
+            end = max(end, part.schedule_end(layer_map))
+    return end
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
@@ -147,12 +177,6 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _is_better(metric: str, new: float, old: float) -> bool:
-    from sweeps.metrics import direction
-
-    return new > old if direction(metric) == "maximize" else new < old
-
-
 class TrainingLoop:
     """One fine-tuning run: ``strategy`` decides the plan, ``controller`` applies it, ``runner`` does forwards."""
 
@@ -169,8 +193,7 @@ class TrainingLoop:
         *,
         runner: ForwardRunner | None = None,
         memory: PeakMemory | None = None,
-        on_epoch_end: Callable[[EpochResult], None] | None = None,
-        on_step: Callable[[int], None] | None = None,
+        observer: EpochObserver | None = None,
     ) -> None:
         self.model = model
         self.layer_map = layer_map
@@ -182,8 +205,7 @@ class TrainingLoop:
         self.device = device
         self.runner = runner or DirectForward()
         self.memory = memory or PeakMemory(device)
-        self.on_epoch_end = on_epoch_end
-        self.on_step = on_step
+        self.observer = observer
         self.global_step = 0
         self._lr_sums: dict[str, float] = {}
         self._lr_steps = 0
@@ -203,6 +225,7 @@ class TrainingLoop:
         steps_per_epoch = math.ceil(len(self.train_loader) / cfg.grad_accum_steps)
         total_steps = steps_per_epoch * cfg.epochs
         schedule = ScheduleFactor(cfg.scheduler, int(cfg.warmup_ratio * total_steps), total_steps)
+        schedule_end = schedule_end_epoch(self.strategy, self.layer_map, steps_per_epoch)
         result = LoopResult()
         best_value: float | None = None
         stale_epochs = 0
@@ -221,16 +244,20 @@ class TrainingLoop:
                 "peak_memory_mb": self.memory.peak_mb(),
                 "trainable_params": float(self.controller.trainable_params()),
             }
-            epoch_result = EpochResult(epoch, metrics, self._epoch_learning_rates(), changed)
+            epoch_result = EpochResult(
+                epoch, metrics, self._epoch_learning_rates(), changed, schedule_complete=epoch >= schedule_end
+            )
             result.epochs.append(epoch_result)
             value = metrics[cfg.metric]
-            if best_value is None or _is_better(cfg.metric, value, best_value):
+            if best_value is None or is_better(cfg.metric, value, best_value):
                 best_value, result.best_epoch, stale_epochs = value, epoch, 0
                 result.eval_probs, result.eval_labels = probs, labels
             else:
                 stale_epochs += 1
-            if self.on_epoch_end is not None:
-                self.on_epoch_end(epoch_result)  # may raise optuna.TrialPruned
+            if self.observer is not None:
+                result.stop_reason = self.observer.on_epoch(epoch_result)
+                if result.stop_reason is not None:
+                    break
             if cfg.early_stopping_patience is not None and stale_epochs > cfg.early_stopping_patience:
                 result.stopped_early = True
                 break
@@ -320,8 +347,6 @@ class TrainingLoop:
         schedule.step()
         self.controller.set_lr_factor(schedule.factor)
         self.global_step += 1
-        if self.on_step is not None:
-            self.on_step(self.global_step)
 
     @torch.inference_mode()
     def evaluate(self) -> tuple[dict[str, float], np.ndarray, np.ndarray, float]:

@@ -3,16 +3,17 @@
 A trial builds only what depends on its parameters: the model, its layer map, the strategy, the optimizer
 (through :class:`~strategies.optim.FreezeController`) and the forward runner. Everything a trial
 allocates is released when it ends, so a long study does not creep up in memory.
+
+A trial reports to the observer it is given (each epoch; with cross-validation each fold) and stops when the observer
+returns a reason: it then returns :class:`Stopped`. It never decides on pruning itself, and never logs to MLflow.
 """
 
 from __future__ import annotations
 
 import gc
-import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -28,12 +29,31 @@ from strategies import (
     format_table,
     make_optimizer_factory,
 )
+from sweeps.cache import CachedPrefixForward
+from sweeps.config import TrainingConfig
+from sweeps.data import stratified_folds
 from sweeps.errors import SpecError
-from sweeps.metrics import confusion
+from sweeps.metrics import BEST_EPOCH_METRICS, classification_metrics, confusion
+from sweeps.records import activation_cache_dir
 from sweeps.train.context import StudyContext, layer_spec
 from sweeps.train.forward import DirectForward, ForwardRunner
-from sweeps.train.loop import EpochResult, LoopConfig, LoopResult, TrainingLoop
+from sweeps.train.loop import EpochObserver, EpochResult, LoopConfig, LoopResult, TrainingLoop
 from sweeps.train.memory import PeakMemory
+
+
+class TrialObserver(EpochObserver, Protocol):
+    """What a trial reports to while it runs (implemented on the study side): each epoch (train/validation split) or
+    each fold (cross-validation). Returning a reason stops the trial."""
+
+    def on_fold(self, fold: int, running: dict[str, float]) -> str | None:
+        """After fold ``fold`` (0-based), with the running mean of the folds so far; a reason to stop, or ``None``."""
+
+
+@dataclass
+class Stopped:
+    """The trial was stopped by its observer (the study's pruner) before it finished; ``reason`` says why."""
+
+    reason: str
 
 
 @dataclass
@@ -66,22 +86,18 @@ def _loader(ctx: StudyContext, ds: Any, batch_size: int, shuffle: bool, seed: in
 
 
 def _make_runner(
-    ctx: StudyContext, layer_map: LayerMap, training: dict[str, Any], keys: dict[str, str], train_ds: Any, eval_ds: Any
+    ctx: StudyContext, layer_map: LayerMap, training: TrainingConfig, keys: dict[str, str], train_ds: Any, eval_ds: Any
 ) -> ForwardRunner:
-    if training["cache"] == "off" or training["frozen_dropout"] or layer_map.shared_layers:
-        return DirectForward()
-    try:
-        from sweeps.cache import CachedPrefixForward
-    except ImportError:  # pragma: no cover - the cache module ships with the package
+    if training.cache == "off" or training.frozen_dropout or layer_map.shared_layers:
         return DirectForward()
     return CachedPrefixForward(
         layer_map,
         split_keys=keys,
-        cache_dir=ctx.output / "cache" / "activations",
-        cache_dtype=training["cache_dtype"],
+        cache_dir=activation_cache_dir(ctx.output),
+        cache_dtype=training.cache_dtype,
         split_sizes={"train": len(train_ds), "eval": len(eval_ds)},
-        frozen_dropout=training["frozen_dropout"],
-        gradient_checkpointing=training["gradient_checkpointing"],
+        frozen_dropout=training.frozen_dropout,
+        gradient_checkpointing=training.gradient_checkpointing,
     )
 
 
@@ -100,36 +116,37 @@ def train_once(
     ctx: StudyContext,
     strategy_name: str,
     strategy_params: dict[str, Any],
-    training: dict[str, Any],
+    training: TrainingConfig,
     train_ds: Any,
     eval_ds: Any,
     keys: dict[str, str],
     *,
-    on_epoch_end: Callable[[EpochResult], None] | None = None,
+    observer: EpochObserver | None = None,
     save_to: Path | None = None,
 ) -> tuple[LoopResult, bool, list[dict[str, Any]], str, dict[str, Any]]:
-    """Train one model; returns (loop result, frozen verified, layer table, table text, cache stats)."""
+    """Train one model; returns (loop result, frozen verified, layer table, table text, cache stats). When the
+    observer stopped the loop (``result.stop_reason``), nothing is verified or saved: the trial is abandoned."""
     from transformers import set_seed
 
-    set_seed(training["seed"])
+    set_seed(training.seed)
     model = ctx.build_model()
     layer_map = discover_layers(model, layer_spec(ctx.spec))
     strategy = check_strategy(strategy_name, strategy_params, layer_map)
-    if training["gradient_checkpointing"]:
+    if training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer_kwargs: dict[str, Any] = {}
-    if training["optimizer"] == "sgd":
-        optimizer_kwargs["momentum"] = training["momentum"]
+    if training.optimizer == "sgd":
+        optimizer_kwargs["momentum"] = training.momentum
     controller = FreezeController(
         model,
         layer_map,
-        make_optimizer_factory(training["optimizer"], **optimizer_kwargs),
-        base_lr=training["learning_rate"],
-        weight_decay=training["weight_decay"],
-        frozen_dropout=training["frozen_dropout"],
-        train_bn=training["train_bn"],
+        make_optimizer_factory(training.optimizer, **optimizer_kwargs),
+        base_lr=training.learning_rate,
+        weight_decay=training.weight_decay,
+        frozen_dropout=training.frozen_dropout,
+        train_bn=training.train_bn,
         # only checkpointed blocks need their input to require grad; otherwise it would cost an input gradient
-        trainable_input=training["gradient_checkpointing"],
+        trainable_input=training.gradient_checkpointing,
     )
     initial_plan = strategy.plan(layer_map, 0, 0)
     table = describe(layer_map, initial_plan)
@@ -137,22 +154,22 @@ def train_once(
     runner = _make_runner(ctx, layer_map, training, keys, train_ds, eval_ds)
     memory = PeakMemory(ctx.device)
     loop_config = LoopConfig(
-        epochs=training["epochs"],
-        batch_size=training["batch_size"],
-        eval_batch_size=training["eval_batch_size"],
-        grad_accum_steps=training["grad_accum_steps"],
-        max_grad_norm=training["max_grad_norm"],
-        scheduler=training["scheduler"],
-        warmup_ratio=training["warmup_ratio"],
-        precision=training["precision"],
-        seed=training["seed"],
-        early_stopping_patience=training["early_stopping_patience"],
+        epochs=training.epochs,
+        batch_size=training.batch_size,
+        eval_batch_size=training.eval_batch_size,
+        grad_accum_steps=training.grad_accum_steps,
+        max_grad_norm=training.max_grad_norm,
+        scheduler=training.scheduler,
+        warmup_ratio=training.warmup_ratio,
+        precision=training.precision,
+        seed=training.seed,
+        early_stopping_patience=training.early_stopping_patience,
         metric=ctx.spec.task.metric,
-        divergence_factor=training["divergence_factor"],
-        group_by_length=training["group_by_length"],
+        divergence_factor=training.divergence_factor,
+        group_by_length=training.group_by_length,
     )
-    train_loader = _loader(ctx, train_ds, training["batch_size"], True, training["seed"], training["group_by_length"])
-    eval_loader = _loader(ctx, eval_ds, training["eval_batch_size"], False, training["seed"], False)
+    train_loader = _loader(ctx, train_ds, training.batch_size, True, training.seed, training.group_by_length)
+    eval_loader = _loader(ctx, eval_ds, training.eval_batch_size, False, training.seed, False)
     loop = TrainingLoop(
         model,
         layer_map,
@@ -164,11 +181,13 @@ def train_once(
         ctx.device,
         runner=runner,
         memory=memory,
-        on_epoch_end=on_epoch_end,
+        observer=observer,
     )
     memory.reset()
     try:
         result = loop.run()
+        if result.stop_reason is not None:
+            return result, False, table, table_text, {}
         verified = controller.finish()
         controller.require_verified()
         stats = dict(getattr(runner, "stats", {}) or {})
@@ -193,7 +212,7 @@ def release_memory(device: torch.device) -> None:
 
 def _final_metrics(result: LoopResult) -> dict[str, float]:
     best = result.epochs[result.best_epoch].metrics
-    quality = {k: best[k] for k in ("accuracy", "f1_macro", "f1_weighted", "eval_loss", "train_loss")}
+    quality = {k: best[k] for k in BEST_EPOCH_METRICS}
     times = [e.metrics["epoch_time_s"] for e in result.epochs]
     return {
         **quality,
@@ -211,17 +230,17 @@ def run_trial(
     ctx: StudyContext,
     strategy_name: str,
     strategy_params: dict[str, Any],
-    training: dict[str, Any],
+    training: TrainingConfig,
     *,
-    on_epoch_end: Callable[[EpochResult], None] | None = None,
-    on_fold_end: Callable[[int, dict[str, float]], None] | None = None,
+    observer: TrialObserver | None = None,
     model_dir: Path | None = None,
-) -> TrialOutcome:
+) -> TrialOutcome | Stopped:
     """Train with one strategy: on the train/validation split, or over stratified folds when ``task.cv.folds`` ≥ 2
-    (the objective is then the mean over folds; out-of-fold predictions are returned)."""
-    folds = ctx.spec.task.cv.folds
-    if folds and folds >= 2:
-        return _run_cv(ctx, strategy_name, strategy_params, training, folds, on_fold_end, model_dir)
+    (the objective is then the mean over folds; out-of-fold predictions are returned). The observer sees every epoch
+    of a train/validation run, or the running mean after every fold; when it returns a reason the trial stops and
+    :class:`Stopped` is returned."""
+    if ctx.spec.task.cv.enabled:
+        return _run_cv(ctx, strategy_name, strategy_params, training, observer, model_dir)
     result, verified, table, text, stats = train_once(
         ctx,
         strategy_name,
@@ -230,9 +249,11 @@ def run_trial(
         ctx.tokenized["train"],
         ctx.tokenized["validation"],
         {"train": ctx.split_keys["train"], "eval": ctx.split_keys["validation"]},
-        on_epoch_end=on_epoch_end,
+        observer=observer,
         save_to=model_dir,
     )
+    if result.stop_reason is not None:
+        return Stopped(result.stop_reason)
     assert result.eval_probs is not None and result.eval_labels is not None
     num_labels = len(ctx.data.label_names)
     return TrialOutcome(
@@ -254,13 +275,11 @@ def _run_cv(
     ctx: StudyContext,
     strategy_name: str,
     strategy_params: dict[str, Any],
-    training: dict[str, Any],
-    folds: int,
-    on_fold_end: Callable[[int, dict[str, float]], None] | None,
+    training: TrainingConfig,
+    observer: TrialObserver | None,
     model_dir: Path | None,
-) -> TrialOutcome:
-    from sweeps.data import stratified_folds
-
+) -> TrialOutcome | Stopped:
+    folds = ctx.spec.task.cv.folds
     train = ctx.tokenized["train"]
     labels = np.asarray(train["labels"])
     num_labels = len(ctx.data.label_names)
@@ -289,13 +308,13 @@ def _run_cv(
         metrics = _final_metrics(result)
         fold_metrics.append(metrics)
         epochs.extend(result.epochs)
-        if on_fold_end is not None:
+        if observer is not None:
             running = {m: float(np.mean([f[m] for f in fold_metrics])) for m in metrics}
-            on_fold_end(k, running)
+            reason = observer.on_fold(k, running)
+            if reason is not None:
+                return Stopped(reason)
     mean = {m: float(np.mean([f[m] for f in fold_metrics])) for m in fold_metrics[0]}
     mean["peak_memory_mb"] = float(max(f["peak_memory_mb"] for f in fold_metrics))
-    from sweeps.metrics import classification_metrics
-
     oof_scores = classification_metrics(labels, oof.argmax(-1), num_labels)
     mean.update({f"oof_{k}": v for k, v in oof_scores.items()})
     return TrialOutcome(
@@ -312,8 +331,3 @@ def _run_cv(
         fold_metrics=fold_metrics,
         oof_index=np.asarray(train["example_id"]),
     )
-
-
-def remove_dir(path: Path | None) -> None:
-    if path is not None and path.exists():
-        shutil.rmtree(path, ignore_errors=True)
