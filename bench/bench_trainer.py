@@ -142,7 +142,7 @@ def study_yaml(
     return path
 
 
-def training_dict(spec: Any, strategy: str, params: dict[str, Any]) -> dict[str, Any]:
+def training_dict(spec: Any, strategy: str, params: dict[str, Any]) -> Any:
     import optuna
 
     from sweeps.study import suggest

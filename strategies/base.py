@@ -30,6 +30,11 @@ Class attributes a strategy may set:
     The name studies use (``bottom_n``); no ``+`` or ``:``.
 ``stepwise``
     True when ``plan`` must be asked before every optimizer step, not only at epoch starts.
+``default_training``
+    Training fields this strategy should be searched over when the study file does not set them, written like the
+    study file (``{"learning_rate": {"type": "float", "low": 3e-4, "high": 5e-3, "log": True}}``). A frozen body
+    with a fresh head needs a far higher learning rate than full fine-tuning; one shared default would judge every
+    strategy at an LR that suits only one of them. The built-ins' ranges come from measurements (docs/benchmarks.md).
 ``layer_bounded_params``
     The hyperparameters whose valid range is ``0..L`` (L = number of layers): the sweep side checks their search
     ranges against the model before any trial starts, so a range that overshoots fails the study file, not a random
@@ -41,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -103,6 +109,7 @@ class Strategy(ABC):
     name: ClassVar[str]
     stepwise: ClassVar[bool] = False
     layer_bounded_params: ClassVar[tuple[str, ...]] = ()
+    default_training: ClassVar[Mapping[str, Any]] = {}
 
     def check(self, layer_map: LayerMap) -> None:  # noqa: B027 - optional hook
         """Validate hyperparameters against the model; raise :class:`StrategyConfigError`."""
@@ -181,6 +188,31 @@ class Composite(Strategy):
         return out
 
 
+@dataclass
+class GroupScale(Strategy):
+    """Multiply the LR of some groups and change nothing else; composed with a strategy, it gives e.g. the head a
+    higher LR than the body (``training.head_lr_scale``): a freshly initialised head usually wants a far higher LR
+    than the pretrained blocks under it, whatever the freezing strategy."""
+
+    scales: dict[str, float] = dataclasses.field(default_factory=dict)
+    name: ClassVar[str] = "group_scale"
+
+    def plan(self, layer_map: LayerMap, epoch: int, step: int) -> Plan:
+        return uniform_plan(layer_map, multipliers={k: v for k, v in self.scales.items() if k in layer_map.names})
+
+
+def with_head_scale(strategy: Strategy, scale: float) -> Strategy:
+    """``strategy`` with the head's LR multiplied by ``scale`` (``strategy`` itself when the scale is 1)."""
+    if scale == 1.0:
+        return strategy
+    return Composite(parts=(strategy, GroupScale({HEAD: float(scale)})))
+
+
+def log_range(low: float, high: float) -> dict[str, Any]:
+    """A log-uniform float search entry, as a study file writes it (for ``default_training``)."""
+    return {"type": "float", "low": low, "high": high, "log": True}
+
+
 def schedule_end_epoch(strategy: Strategy, layer_map: LayerMap, steps_per_epoch: int | None = None) -> int:
     """The first epoch from which ``strategy``'s plan no longer changes, counting step schedules too: the epoch that
     holds the last step-scheduled change counts as still changing (``ceil(final_step / steps_per_epoch)``). Without
@@ -203,6 +235,8 @@ __all__ = [
     "StrategyConfigError",
     "embedding_side",
     "frozen_prefix_depth",
+    "log_range",
     "schedule_end_epoch",
     "uniform_plan",
+    "with_head_scale",
 ]

@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from strategies.base import Plan, Strategy, StrategyConfigError, embedding_side, uniform_plan
+from strategies.base import Plan, Strategy, StrategyConfigError, embedding_side, log_range, uniform_plan
 from strategies.layers import LayerMap, layer_name
 
 
@@ -27,6 +28,8 @@ def check_layer_count(field: str, value: int, layer_map: LayerMap) -> None:
 class BottomN(Strategy):
     n: int = 1
     name: ClassVar[str] = "bottom_n"
+    # small n trains like full fine-tuning, a frozen body (fresh head) needs 1e-3+; docs/benchmarks.md §LR defaults
+    default_training: ClassVar[Mapping[str, Any]] = {"learning_rate": log_range(5e-5, 3e-3)}
     layer_bounded_params: ClassVar[tuple[str, ...]] = ("n",)
 
     def check(self, layer_map: LayerMap) -> None:

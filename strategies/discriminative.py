@@ -7,10 +7,11 @@ the embedding side one step lower than block 0. ``decay: 1`` with ``head_lr_rati
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from strategies.base import Plan, Strategy, StrategyConfigError, embedding_side, uniform_plan
+from strategies.base import Plan, Strategy, StrategyConfigError, embedding_side, log_range, uniform_plan
 from strategies.layers import HEAD, LayerMap, layer_name
 
 
@@ -19,6 +20,8 @@ class Discriminative(Strategy):
     decay: float = 0.9
     head_lr_ratio: float = 1.0
     name: ClassVar[str] = "discriminative"
+    # the head trains at the base LR and the blocks below at decayed ones; docs/benchmarks.md §LR defaults
+    default_training: ClassVar[Mapping[str, Any]] = {"learning_rate": log_range(3e-5, 5e-4)}
 
     def check(self, layer_map: LayerMap) -> None:
         if not 0.0 < _number("decay", self.decay) <= 1.0:

@@ -10,10 +10,11 @@ the head trains). Every ``unfreeze_every`` epochs (or optimizer steps, with ``un
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from strategies.base import Plan, Strategy, StrategyConfigError, embedding_side, uniform_plan
+from strategies.base import Plan, Strategy, StrategyConfigError, embedding_side, log_range, uniform_plan
 from strategies.bottom_n import check_layer_count
 from strategies.layers import LayerMap, layer_name
 
@@ -26,6 +27,8 @@ class Gradual(Strategy):
     unit: str = "epoch"
     unfreeze_embeddings: bool = True
     name: ClassVar[str] = "gradual"
+    # starts as a head-only probe, so it needs more than full fine-tuning; docs/benchmarks.md §LR defaults
+    default_training: ClassVar[Mapping[str, Any]] = {"learning_rate": log_range(1e-4, 2e-3)}
     layer_bounded_params: ClassVar[tuple[str, ...]] = ("start_frozen",)
 
     def __post_init__(self) -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from strategies.base import Plan, Strategy, uniform_plan
+from strategies.base import Plan, Strategy, log_range, uniform_plan
 from strategies.layers import LayerMap
 
 
 @dataclass
 class NoFreeze(Strategy):
     name: ClassVar[str] = "none"
+    # full fine-tuning: the usual range for a pretrained encoder; docs/benchmarks.md §LR defaults
+    default_training: ClassVar[Mapping[str, Any]] = {"learning_rate": log_range(1e-5, 2e-4)}
 
     def plan(self, layer_map: LayerMap, epoch: int, step: int) -> Plan:
         return uniform_plan(layer_map)

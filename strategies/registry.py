@@ -141,6 +141,16 @@ def param_defaults(name: str) -> dict[str, Any]:
     return out
 
 
+def default_training(name: str) -> dict[str, Any]:
+    """The training defaults of a (possibly composed) strategy: each part's ``default_training``, the first part
+    that sets a field winning (``bottom_n+discriminative`` searches bottom_n's learning-rate range)."""
+    out: dict[str, Any] = {}
+    for cls in resolve(name):
+        for key, value in dict(getattr(cls, "default_training", {}) or {}).items():
+            out.setdefault(key, value)
+    return out
+
+
 def layer_bounded_params(name: str) -> tuple[str, ...]:
     """The hyperparameters of a (possibly composed) strategy whose range is ``0..L``, L the model's layer count
     (see :attr:`Strategy.layer_bounded_params`). The sweep side range-checks exactly these before the first trial."""

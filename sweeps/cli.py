@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeps.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, SweepsError
-from sweeps.records import TrialAttr, trial_metrics
+from sweeps.records import StudyAttr, TrialAttr
 
 if TYPE_CHECKING:
     from sweeps.config import StudySpec
@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--test", help="test file (default: task.data.test)")
     predict.add_argument("--out", default=None, help="output CSV (default: <study folder>/submission.csv)")
     predict.add_argument("--proba", action="store_true", help="write class probabilities instead of labels")
+    predict.add_argument("--trial", type=int, default=None, help="use this trial's saved model instead of the best")
 
     dash = sub.add_parser("dashboard", help="optuna-dashboard and the MLflow UI on the study's stores (127.0.0.1)")
     _add_spec_args(dash)
@@ -164,10 +165,20 @@ def _load(args: argparse.Namespace):
     return load_spec(args.study, args.overrides, output=args.output)
 
 
+def _warn_about(spec: Any) -> None:
+    """Study-file choices that are valid but make the comparison unfair (logged, never fatal)."""
+    from sweeps.config.load import shared_fixed_lr_warning
+
+    warning = shared_fixed_lr_warning(spec)
+    if warning:
+        log.warning("warning: %s", warning)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     spec = _load(args)
     out = spec.output_dir
     _setup_logging(out, args.quiet, args.verbose)
+    _warn_about(spec)
     if args.workers > 1:
         return _run_workers(args, spec, out)
     return _run_here(spec, out, report=not args.no_report, resume=_resume_command(args))
@@ -262,16 +273,7 @@ def _summary(runner: StudyRunner, out: Path, report: bool) -> None:
             lines.append(table[shown].head(15).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     except Exception as exc:  # the summary must not hide the study's results
         log.debug("summary table failed: %s", exc)
-    try:
-        bests = study.best_trials if len(study.directions) > 1 else [study.best_trial]
-    except ValueError:
-        bests = []
-    for best in bests[:5]:
-        metrics = trial_metrics(best.user_attrs)
-        shown = ", ".join(
-            f"{k}={metrics[k]:.4g}" for k in ("accuracy", "f1_macro", "epoch_time_s", "peak_memory_mb") if k in metrics
-        )
-        lines.append(f"best trial {best.number}: {best.user_attrs.get(TrialAttr.STRATEGY)} {best.params} {shown}")
+    lines.extend(_answer(study, out))
     uri = mask_secrets(runner.tracker.uri)
     experiment = runner.tracker.experiment_name
     if uri.startswith(("http://", "https://")):
@@ -285,6 +287,30 @@ def _summary(runner: StudyRunner, out: Path, report: bool) -> None:
         lines.append(f"report: {report_path}")
     lines.append(f"study folder: {out}")
     print("\n".join(lines), flush=True)
+
+
+def _answer(study: Any, out: Path) -> list[str]:
+    """The best trial (the one ranking rule everywhere) and the verdict's sentences: health warnings first, then the
+    best, the baseline comparison with its noise rule, the cheapest tie and the evidence per strategy."""
+    from sweeps.report import recommendation, trials_table
+    from sweeps.report.recommend import prediction_reader
+    from sweeps.report.table import _study_metric, all_test_metrics, trial_labels
+
+    if len(study.directions) > 1:
+        return [f"Pareto-optimal trials: {', '.join(str(t.number) for t in study.best_trials[:10])}"]
+    try:
+        metric, direction = _study_metric(study)
+        table = trials_table(study, metric, direction)
+        names = study.user_attrs.get(StudyAttr.LABELS) or []
+        sentences = recommendation(
+            table, metric, direction, trial_labels(study),
+            predictions=prediction_reader(out, names) if names else None, num_labels=len(names) or None,
+            test_metrics=all_test_metrics(study),
+        )
+    except Exception as exc:  # the summary must not hide the study's results
+        log.debug("verdict failed: %s", exc)
+        return []
+    return ["", *sentences[1:]]  # the first sentence (trial counts) repeats the line above the table
 
 
 _WORKER_ENV = "SWEEPS_WORKER_OF"
@@ -346,6 +372,7 @@ def _run_workers(args: argparse.Namespace, spec: StudySpec, out: Path) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = _load(args)
     _setup_logging(None, args.quiet, args.verbose)
+    _warn_about(spec)
     if args.model:
         from sweeps.study import StudyRunner
 
@@ -439,7 +466,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from sweeps.predict import predict_submission
 
     path = predict_submission(
-        spec, out, test=args.test, out_path=Path(args.out) if args.out else None, proba=args.proba
+        spec, out, test=args.test, out_path=Path(args.out) if args.out else None, proba=args.proba, trial=args.trial
     )
     print(f"wrote {path}")
     return EXIT_OK

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BestModel", "load_best", "predict_labels", "predict_proba", "predict_submission"]
+__all__ = ["BestModel", "load_best", "load_model_folder", "predict_labels", "predict_proba", "predict_submission"]
 
 DEFAULT_MAX_LENGTH = 128  # task.max_length's default, for a study folder reloaded without its study file
 
@@ -90,38 +90,58 @@ def _device(device: Any) -> Any:
     return torch.device(device)
 
 
-def load_best(out: str | Path, *, device: Any = None, max_length: int | None = None) -> BestModel:
-    """Reload the best trial's model(s) and tokenizer from the study folder ``out``.
+def load_best(
+    out: str | Path, *, device: Any = None, max_length: int | None = None, trial: int | None = None
+) -> BestModel:
+    """Reload the best trial's model(s) and tokenizer from the study folder ``out`` (or trial ``trial``'s, when its
+    saved model is there: the runner keeps the best trial's only).
 
     Raises :class:`~sweeps.errors.SweepsError` when the study has no completed trial (no ``best.json``) or the saved
     model is missing, :class:`~sweeps.errors.ModelLoadError` when a saved folder cannot be loaded.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     out = Path(out)
     if not out.is_dir():
         raise SweepsError(f"study folder {out} does not exist: run the study first (python -m sweeps run <study.yaml>)")
     pointer = best_model_pointer(out)
-    if not pointer.is_file():
-        raise SweepsError(
-            f"{out}: no best model yet ({pointer} is missing): the study has no completed trial. "
-            "Run (or resume) it with python -m sweeps run <study.yaml>, and check the trials' failure reasons"
-        )
-    try:
+    info: dict[str, Any] = {}
+    if trial is None:
+        if not pointer.is_file():
+            raise SweepsError(
+                f"{out}: no best model yet ({pointer} is missing): the study has no completed trial. "
+                "Run (or resume) it with python -m sweeps run <study.yaml>, and check the trials' failure reasons"
+            )
+        try:
+            info = json.loads(pointer.read_text(encoding="utf-8"))
+            trial = int(info["trial"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SweepsError(f"{pointer}: unreadable best-model pointer ({type(exc).__name__}: {exc})") from exc
+    elif pointer.is_file():
         info = json.loads(pointer.read_text(encoding="utf-8"))
-        trial = int(info["trial"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SweepsError(f"{pointer}: unreadable best-model pointer ({type(exc).__name__}: {exc})") from exc
+        if int(info.get("trial", -1)) != trial:
+            info = {"max_length": info.get("max_length")}
     folder = models_dir(out) / str(info.get("path") or trial_model_dir(out, trial).name)
+    if max_length is None and isinstance(info.get("max_length"), int):
+        max_length = info["max_length"]
+    what = f"the best trial ({trial})" if info.get("trial") == trial else f"trial {trial}"
+    best = load_model_folder(folder, trial, device=device, max_length=max_length, what=what)
+    best.mlflow_run_id = info.get("mlflow_run_id")
+    return best
+
+
+def load_model_folder(
+    folder: Path, trial: int, *, device: Any = None, max_length: int | None = None, what: str | None = None
+) -> BestModel:
+    """Reload one trial's saved model(s) and tokenizer from ``folder`` (``fold_<k>`` subfolders under CV)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     folders = _model_folders(folder) if folder.is_dir() else []
     missing = [f for f in folders if not (f / "config.json").is_file()]
     if not folders or missing:
         raise SweepsError(
-            f"{out}: the best trial ({trial}) has no saved model at {missing[0] if missing else folder} "
-            "(removed, or the trial is still being saved by another worker); rerun the study to save one"
+            f"{folder.parent.parent}: {what or f'trial {trial}'} has no saved model at "
+            f"{missing[0] if missing else folder} (only the best trial's model is kept; or it is still being saved "
+            "by another worker); rerun the study to save one"
         )
-    if max_length is None and isinstance(info.get("max_length"), int):
-        max_length = info["max_length"]
     dev = _device(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folders[0]))
@@ -145,7 +165,6 @@ def load_best(out: str | Path, *, device: Any = None, max_length: int | None = N
         models=models,
         tokenizer=tokenizer,
         label_names=label_names,
-        mlflow_run_id=info.get("mlflow_run_id"),
         max_length=max_length,
         device=dev,
         folders=folders,
@@ -228,6 +247,7 @@ def predict_submission(
     test: str | Path | None = None,
     out_path: str | Path | None = None,
     proba: bool = False,
+    trial: int | None = None,
 ) -> Path:
     """Write ``submission.csv`` (default ``<out>/submission.csv``) for the test file (``test`` or
     ``task.data.test``) with the study's best trial: the id column and the predicted label under the label column's
@@ -237,7 +257,7 @@ def predict_submission(
     out = Path(out)
     ds, id_name = read_test(spec, test)  # data problems first: they are cheaper to find than loading models
     device = spec.training.device if spec.training.device != "auto" else None
-    best = load_best(out, device=device, max_length=spec.task.max_length)
+    best = load_best(out, device=device, max_length=spec.task.max_length, trial=trial)
     pairs = ds["text_pair"] if "text_pair" in ds.column_names else None
     probs = predict_proba(best, ds["text"], pairs, batch_size=spec.training.eval_batch_size)
     ids = ds["id"] if "id" in ds.column_names else ds["example_id"]

@@ -27,6 +27,16 @@ class TrialAttr:
     ATTEMPT = "attempt"  # on a re-enqueued trial: 1 for the first retry
     FROZEN_VERIFIED = "frozen_params_verified"
     METRIC_PREFIX = "metric."  # final metrics: ``metric.accuracy``, ...
+    SEED = "seed"  # the training.seed the trial trained with
+    CONFIG_KEY = "config_key"  # hash of everything it trained with: equal keys train the same model
+    DUPLICATE_OF = "duplicate_of"  # not trained: the same configuration as that completed trial
+    CONFIRM_OF = "confirm_of"  # confirmation phase: retrains that search trial's configuration ...
+    CONFIRM_SEED = "confirm_seed"  # ... with this seed
+    LEARNED = "learned"  # accuracy above the chance band (sweeps.health)
+    DEGENERATE = "degenerate"  # some validation class never predicted correctly
+    CHANCE_RATE = "chance_rate"  # majority-class rate of the evaluation rows
+    DEAD_CLASSES = "dead_classes"  # names of the classes with zero recall
+    CACHE_WARM = "cache_warm"  # the activation cache was already built when the trial started
 
 
 class StudyAttr:
@@ -36,6 +46,8 @@ class StudyAttr:
     OBJECTIVES = "objectives"  # metric names, so the report needs no study file
     MLFLOW_PARENT = "mlflow_parent_run_id"
     LAST_SURPLUS = "_last_surplus"
+    LABELS = "labels"  # label names in id order (the report reads predictions files with them)
+    TEST_PREFIX = "test."  # ``test.<trial number>``: a finalist's held-out test metrics (finished trials are frozen)
 
 
 class Tag:
@@ -53,6 +65,8 @@ class Tag:
     BEST_PREFIX = "sweeps.best."  # on the parent run: trial, strategy, param.<name> of the best trial so far
     TRIAL_NUMBER = "optuna.trial_number"
     FROZEN_VERIFIED = "frozen_params_verified"
+    LEARNED = "sweeps.learned"  # false: at or below chance, never evidence against its strategy
+    DEGENERATE = "sweeps.degenerate"  # true: some class is never predicted
     PARENT_RUN = "mlflow.parentRunId"  # MLflow's own tag for nested runs
     CACHE_PREFIX = "cache."  # activation-cache statistics of the trial
 

@@ -35,6 +35,7 @@ SCRIPTS = {
     "bench_trainer.py": ["--smoke", "--model", "../inputs/model", "--data", "../inputs/data", "--out", "trainer-out"],
     "bench_study_cache.py": ["--smoke", "--model", "../inputs/model", "--data", "../inputs/data", "--out", "study-out"],
     "bench_workers.py": ["--smoke", "--model", "../inputs/model", "--keep", "workers-out"],
+    "bench_efficacy.py": ["--smoke", "--model", "../inputs/model", "--data", "../inputs/data", "--out", "eff-out"],
 }
 
 
@@ -154,3 +155,13 @@ def test_bench_workers_smoke(runs: dict[str, Run]) -> None:
     n = summary["n_trials"]
     assert n >= 1 and summary["optuna_ended"] == n == summary["mlflow_trial_runs"] and not summary["problems"], summary
     assert (run.cwd / "workers-out" / "out" / "optuna.db").is_file(), "--keep is relative to the working directory"
+
+
+def test_bench_efficacy_smoke(runs: dict[str, Run]) -> None:
+    run = runs["bench_efficacy.py"].check()
+    results = json.loads((run.cwd / "eff-out" / "results.json").read_text())
+    assert results["smoke"] is True and results["seeds"] == 2
+    assert len(results["default"]["test"]["accuracy"]) >= 1  # the default's seeds were evaluated on the test split
+    (study,) = results["studies"].values()
+    assert study["trials"] >= 5 and study["wall_vs_default"] > 0
+    assert "same recommendation across study seeds" in run.stdout

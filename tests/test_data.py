@@ -23,7 +23,6 @@ import torch
 from datagen import generate_sentiment, make_kaggle_example, make_quickstart_dataset
 
 from sweeps import data as sd
-from sweeps.data import batch as data_batch
 from sweeps.data import tokenise as data_tokenise
 from sweeps.errors import DataError
 
@@ -428,8 +427,12 @@ def test_tokenize_split_columns(tokenizer: Any) -> None:
     assert tokenized["labels"] == task.train["label"] and tokenized["example_id"] == task.train["example_id"]
     assert max(tokenized["length"]) == 5  # truncated to max_length, not padded
     assert all(len(ids) == n for ids, n in zip(tokenized["input_ids"], tokenized["length"]))
-    test = sd.load_task_data(make_cfg(), dataframe=sentiment_frame(20), test_dataframe=sentiment_frame(4)).test
+    unlabelled = sentiment_frame(4).drop(columns="label")
+    test = sd.load_task_data(make_cfg(), dataframe=sentiment_frame(20), test_dataframe=unlabelled).test
     assert test is not None and "labels" not in sd.tokenize_split(test, tokenizer, 16, None).column_names
+    # a test split that labels every row is a held-out split: its labels are kept (the finalists' test metrics)
+    labelled = sd.load_task_data(make_cfg(), dataframe=sentiment_frame(20), test_dataframe=sentiment_frame(4))
+    assert labelled.test_labelled and "labels" in sd.tokenize_split(labelled.test, tokenizer, 16, None).column_names
 
 
 def test_tokenize_pairs(tokenizer: Any) -> None:
@@ -510,20 +513,6 @@ def test_collator_pads_dynamically(tokenizer: Any) -> None:
     assert "length" not in batch
     short = sd.make_collator(tokenizer)([e for e in examples if e["length"] <= 3])
     assert short["input_ids"].shape[1] == 3
-
-
-def test_length_grouped_order() -> None:
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(3, 120, size=1000).tolist()
-    order = data_batch.length_grouped_order(lengths, batch_size=8, seed=3)
-    assert sorted(order) == list(range(1000))
-    assert order == data_batch.length_grouped_order(lengths, batch_size=8, seed=3)
-    assert order != data_batch.length_grouped_order(lengths, batch_size=8, seed=4)
-    assert lengths[order[0]] == max(lengths)  # the longest batch first: out-of-memory shows at step 1
-    padded = sum(max(lengths[i] for i in order[k:k + 8]) * 8 for k in range(0, 1000, 8))
-    random_padded = sum(max(lengths[i] for i in range(k, k + 8)) * 8 for k in range(0, 1000, 8))
-    assert padded < 0.8 * random_padded
-    assert data_batch.length_grouped_order([], 8, 0) == []
 
 
 def test_stratified_folds() -> None:

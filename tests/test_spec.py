@@ -25,7 +25,7 @@ from sweeps.config import (
     mask_secrets,
     parse_spec,
 )
-from sweeps.config.search_space import check_strategy_bounds, grid_search_space, layer_bounded_params, search_bounds
+from sweeps.config.search_space import check_strategy_bounds, grid_search_space, layer_bounded_params
 from sweeps.errors import EXIT_INVALID, SpecError
 from sweeps.study.suggest import TrialParams, suggest
 
@@ -471,7 +471,9 @@ def test_paths_resolve_against_the_study_folder(tmp_path: Path, monkeypatch: pyt
 
 def test_layers_section() -> None:
     spec = ok(with_value("layers", {"layers": ["enc.0", "enc.1"], "head": ["classifier"]}))
-    layer_spec = spec.layers.to_layer_spec()
+    from sweeps.train import layer_spec as to_layer_spec
+
+    layer_spec = to_layer_spec(spec)
     assert layer_spec.layers == ("enc.0", "enc.1") and layer_spec.head == ("classifier",)
 
 
@@ -746,14 +748,17 @@ def searched_spec() -> StudySpec:
 def test_suggest_samples_only_the_chosen_strategy() -> None:
     spec = searched_spec()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    study.enqueue_trial({"strategy": "bottom_n", "bottom_n.n": 2, "training.batch_size": 16})
+    study.enqueue_trial({"strategy": "bottom_n", "bottom_n.n": 2, "bottom_n.training.batch_size": 16})
     study.enqueue_trial({"strategy": "none"})
     first = suggest(trial := study.ask(), spec)
     assert isinstance(first, TrialParams)
     assert (first.strategy, first.strategy_params) == ("bottom_n", {"n": 2})
-    assert set(trial.params) == {"strategy", "bottom_n.n", "training.batch_size", "training.learning_rate"}
+    # searched training fields are per strategy: each strategy's LR is learned from its own trials
+    assert set(trial.params) == {
+        "strategy", "bottom_n.n", "bottom_n.training.batch_size", "bottom_n.training.learning_rate"
+    }
     assert first.training.batch_size == 16 and first.training.epochs == 3
-    assert first.training.learning_rate == first.searched["training.learning_rate"]
+    assert first.training.learning_rate == first.searched["bottom_n.training.learning_rate"]
     assert set(first.searched) == set(trial.params)
     study.tell(trial, 0.5)
     second = suggest(trial := study.ask(), spec)
@@ -763,7 +768,7 @@ def test_suggest_samples_only_the_chosen_strategy() -> None:
     for _ in range(25):
         trial = study.ask()
         params = suggest(trial, spec)
-        strategy_params = {n for n in trial.params if n != "strategy" and not n.startswith("training.")}
+        strategy_params = {n for n in trial.params if n != "strategy" and ".training." not in n}
         assert strategy_params <= {f"{params.strategy}.{k}" for k in params.strategy_params}
         if params.strategy == "discriminative":
             assert params.strategy_params["head_lr_ratio"] == 2.0 and 0.5 <= params.strategy_params["decay"] <= 1.0
@@ -781,15 +786,10 @@ def test_suggest_single_strategy_has_no_strategy_param() -> None:
     assert params.strategy_params["n"] in (1, 3) and set(params.searched) == {"bottom_n.n", "training.learning_rate"}
 
 
-def test_search_bounds_and_layer_check() -> None:
+def test_layer_check() -> None:
     data = with_value("strategies[1].params.n", {"type": "int", "low": 0, "high": 14})
     data["strategies"][2]["params"]["start_frozen"] = {"choices": [None, 2, 9]}
     spec = ok(data)
-    assert search_bounds(spec) == {
-        "bottom_n.n": (0, 14),
-        "gradual.groups_per_step": [2],
-        "gradual.start_frozen": [None, 2, 9],
-    }
     with pytest.raises(SpecError) as info:
         check_strategy_bounds(spec, 6)
     assert str(info.value) == "strategies[1].params.n: high 14 > 6 layers in the model"
@@ -868,6 +868,7 @@ def test_reference_documents_every_field() -> None:
         spec_module.TrainingConfig,
         spec_module.StrategyEntry,
         spec_module.OptunaConfig,
+        spec_module.ConfirmConfig,
         spec_module.TrackingConfig,
     ]
     missing = [f"{m.__name__}.{f}" for m in models for f in m.model_fields if not re.search(rf"[`.]{f}`", text)]

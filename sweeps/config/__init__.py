@@ -9,6 +9,7 @@ later stage reads the resolved spec and never re-derives a default.
 from sweeps.config.load import load_spec, parse_spec
 from sweeps.config.overrides import apply_overrides
 from sweeps.config.schema import (
+    ConfirmConfig,
     CVConfig,
     DataConfig,
     LayersConfig,
@@ -26,6 +27,7 @@ from sweeps.config.spaces import CategoricalSpace, FloatSpace, IntSpace, SearchS
 __all__ = [
     "CVConfig",
     "CategoricalSpace",
+    "ConfirmConfig",
     "DataConfig",
     "FloatSpace",
     "IntSpace",

@@ -85,6 +85,7 @@ def parse_spec(
     _check_task(spec)
     _check_training(spec)
     _check_strategies(spec)
+    _resolve_strategy_training(spec)
     _resolve_optuna(spec)
     _resolve_locations(spec, output)
     if spec.optuna.sampler == "grid":
@@ -196,6 +197,63 @@ def _check_strategies(spec: StudySpec) -> None:
         for key, default in defaults.items():
             if default is dataclasses.MISSING and key not in entry.params:
                 raise SpecError(f"{path}.params.{key}", f"is required by strategy {entry.name!r}")
+
+
+def _resolve_strategy_training(spec: StudySpec) -> None:
+    """Each strategy's ``training:`` block, validated like ``training`` itself, with the strategy's own default
+    search ranges (``Strategy.default_training``) filled in for the fields the study file sets nowhere.
+
+    Precedence, most specific first: ``strategies[i].training`` > fields written in the top-level ``training`` >
+    the strategy class's ``default_training`` > :class:`TrainingConfig`'s defaults. The result replaces
+    ``entry.training`` (typed values and search entries), so resolution happens once, here.
+    """
+    from strategies import registry
+
+    fields = TrainingConfig.model_fields
+    explicit = spec.training.model_fields_set
+    base = spec.training.model_dump(mode="json")
+    for i, entry in enumerate(spec.strategies):
+        path = f"strategies[{i}].training"
+        for key in entry.training:
+            if key not in fields:
+                raise SpecError(f"{path}.{key}", _hinted(f"unknown training field {key!r}", key, fields))
+        # the grid sampler enumerates fixed steps: log-range defaults have none, so a grid study uses its own
+        defaults = {
+            k: v
+            for k, v in registry.default_training(entry.name).items()
+            if k not in explicit and k in fields and spec.optuna.sampler != "grid"
+        }
+        raw = {**defaults, **entry.training}
+        if not raw:
+            continue
+        try:
+            merged = TrainingConfig.model_validate({**base, **raw})
+        except ValidationError as exc:
+            raise _spec_error_from(exc, {**base, **raw}, TrainingConfig, prefix=path) from None
+        for field, bounds in TrainingConfig.SEARCHABLE.items():
+            if field in raw and is_search(getattr(merged, field)):
+                _check_space(getattr(merged, field), f"{path}.{field}", bounds)
+        for key in raw:
+            value = getattr(merged, key)
+            if is_search(value) and key not in TrainingConfig.SEARCHABLE:
+                raise SpecError(f"{path}.{key}", "cannot be searched")
+        entry.training = {key: getattr(merged, key) for key in raw}
+
+
+def shared_fixed_lr_warning(spec: StudySpec) -> str | None:
+    """A warning when several strategies, some of them frozen-body ones, all train at one fixed learning rate: that
+    LR suits at most one of them, so the comparison would judge the others at the wrong LR (lesson 6)."""
+    if len(spec.strategies) < 2 or is_search(spec.training.learning_rate):
+        return None
+    shared = [e.name for e in spec.strategies if "learning_rate" not in e.training]
+    if len(shared) < 2:
+        return None
+    return (
+        f"training.learning_rate is fixed at {spec.training.learning_rate:g} for {', '.join(shared)}: a frozen "
+        "encoder with a fresh head usually needs a far higher LR than full fine-tuning, so one fixed LR judges some "
+        "of them at an LR that suits another. Remove it to use each strategy's default range, or give each strategy "
+        "its own (strategies[i].training.learning_rate)."
+    )
 
 
 def _resolve_optuna(spec: StudySpec) -> None:

@@ -32,6 +32,7 @@ from sweeps.config.secrets import _mask_tree
 from sweeps.config.spaces import (
     ParamValue,
     SearchableBatchSize,
+    SearchableHeadScale,
     SearchableLearningRate,
     SearchableWarmup,
     SearchableWeightDecay,
@@ -91,6 +92,7 @@ class DataConfig(_Model):
     validation_fraction: Annotated[Float, Gt(0), Lt(1)] = 0.1
     max_train_rows: Annotated[int, Ge(1)] | None = None
     max_eval_rows: Annotated[int, Ge(1)] | None = None
+    max_test_rows: Annotated[int, Ge(1)] | None = None
     shuffle_seed: Annotated[int, Ge(0), Lt(2**32)] = 0
 
     def source_for(self, location: str) -> str:
@@ -163,15 +165,6 @@ class LayersConfig(_Model):
     head: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     other: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
 
-    def to_layer_spec(self) -> Any:
-        """The :class:`strategies.layers.LayerSpec` (imported here, not at module level: it pulls in torch)."""
-        from strategies.layers import LayerSpec
-
-        layers = self.layers if isinstance(self.layers, str) else tuple(self.layers)
-        return LayerSpec(
-            layers=layers, embeddings=tuple(self.embeddings), head=tuple(self.head), other=tuple(self.other)
-        )
-
 
 def _cache_mode(value: Any) -> Any:
     """``cache: off`` is the *boolean* false in YAML 1.1; read it as the user meant it."""
@@ -183,13 +176,15 @@ def _cache_mode(value: Any) -> Any:
 
 
 class TrainingConfig(_Model):
-    """``training``: the fine-tune of one trial. ``batch_size``, ``learning_rate``, ``weight_decay`` and
-    ``warmup_ratio`` may be search entries."""
+    """``training``: the fine-tune of one trial. ``batch_size``, ``learning_rate``, ``head_lr_scale``,
+    ``weight_decay`` and ``warmup_ratio`` may be search entries. Every ``strategies[i]`` entry may override any field
+    for that strategy alone (its ``training:`` block)."""
 
     epochs: Annotated[int, Ge(1), Le(1000)] = 3
     batch_size: SearchableBatchSize = 32
     eval_batch_size: Annotated[int, Ge(1)] = 64
     learning_rate: SearchableLearningRate = 5e-5
+    head_lr_scale: SearchableHeadScale = 1.0
     weight_decay: SearchableWeightDecay = 0.01
     optimizer: str = "adamw"
     momentum: Annotated[Float, Ge(0)] = 0.9
@@ -213,6 +208,7 @@ class TrainingConfig(_Model):
     SEARCHABLE: typing.ClassVar[dict[str, _Bounds]] = {
         "batch_size": _Bounds("int", ge=1),
         "learning_rate": _Bounds("float", gt=0),
+        "head_lr_scale": _Bounds("float", gt=0),
         "weight_decay": _Bounds("float", ge=0),
         "warmup_ratio": _Bounds("float", ge=0, le=1),
     }
@@ -256,11 +252,17 @@ def _strategy_shorthand(value: Any) -> Any:
 
 
 class StrategyEntry(_Model):
-    """One item of ``strategies``: a (possibly composed ``a+b`` or ``module:Class``) strategy name and its
-    hyperparameters, each a fixed value or a search entry."""
+    """One item of ``strategies``: a (possibly composed ``a+b`` or ``module:Class``) strategy name, its
+    hyperparameters (each a fixed value or a search entry) and ``training``: fields of the ``training`` section that
+    this strategy trains with instead (fixed or searched; validated like ``training`` itself when the study loads).
+
+    After loading, ``training`` also holds the strategy's own default search ranges (``Strategy.default_training``)
+    for the fields the study file sets nowhere: a frozen encoder with a fresh head needs a far higher learning rate
+    than full fine-tuning, and one shared default would judge every strategy at an LR that suits only one of them."""
 
     name: Annotated[str, Field(min_length=1)]
     params: dict[str, ParamValue] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -290,6 +292,15 @@ def _pruner_none(value: Any) -> Any:
     return "none" if value is None else value
 
 
+class ConfirmConfig(_Model):
+    """``optuna.confirm``: after the search, retrain the best configuration of each of the ``top_k`` best strategies
+    (always including the best ``none``) until each has ``seeds`` seeds in all, so a difference can be told apart from
+    seed noise. The retrained configurations are the finalists evaluated once on a labelled test split."""
+
+    top_k: Annotated[int, Ge(1), Le(20)] = 3
+    seeds: Annotated[int, Ge(2), Le(20)] = 3
+
+
 class OptunaConfig(_Model):
     """``optuna``: the study's sampler, pruner, budget and storage."""
 
@@ -309,6 +320,7 @@ class OptunaConfig(_Model):
     study_name: Annotated[str, Field(min_length=1)] | None = None
     retry_failed: Annotated[int, Ge(0)] = 0
     heartbeat_interval: Annotated[int, Ge(1)] = 30
+    confirm: ConfirmConfig | None = None
 
     @field_validator("storage")
     @classmethod
@@ -442,7 +454,3 @@ class StudySpec(_Model):
             raise ValueError(f"unknown fingerprint kind {kind!r}; use 'comparability' or 'full'")
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-SEARCHABLE_TRAINING_FIELDS: tuple[str, ...] = tuple(TrainingConfig.SEARCHABLE)
-"""The ``training`` fields that may be search entries."""

@@ -2,9 +2,11 @@
 
 The space is *conditional*: a trial first picks a strategy (``"strategy"``, a categorical over the
 study's strategy names, skipped when there is only one), then samples only that strategy's
-hyperparameters, named ``"<strategy>.<param>"`` so two strategies' ``n`` never share a distribution;
-searchable training fields are named ``"training.<field>"``. Keeping the names stable is what makes
-``study.enqueue_trial``, resumed studies and the MLflow params line up.
+hyperparameters, named ``"<strategy>.<param>"`` so two strategies' ``n`` never share a distribution.
+Searched training fields are per strategy too, ``"<strategy>.training.<field>"`` (``"training.<field>"``
+in a one-strategy study): each strategy's learning rate is learned from its own trials only, so a
+frozen-body strategy is never sampled at the LR that suits full fine-tuning. Keeping the names stable
+is what makes ``study.enqueue_trial``, resumed studies and the MLflow params line up.
 """
 
 from __future__ import annotations
@@ -30,23 +32,20 @@ def param_name(strategy: str, param: str) -> str:
     return f"{strategy}.{param}"
 
 
-def search_bounds(spec: StudySpec) -> dict[str, tuple[Any, Any] | list[Any]]:
-    """Every strategy hyperparameter the study sets, by Optuna name: ``(low, high)`` for a range, the list of choices
-    for a categorical, ``[value]`` for a fixed value. Lets the runner check ranges against the model once it is
-    loaded (the study file cannot know how many layers a model has)."""
-    out: dict[str, tuple[Any, Any] | list[Any]] = {}
-    for entry in spec.strategies:
-        for key, value in entry.params.items():
-            out[param_name(entry.name, key)] = _bounds_of(value)
-    return out
+def training_param_name(spec: StudySpec, entry: Any, field: str) -> str:
+    """The Optuna name of a searched training field for one strategy entry (see the module docstring). The grid
+    sampler enumerates every combination anyway, so there a field the strategy does not override keeps the shared
+    name ``training.<field>`` (one grid dimension, not one per strategy)."""
+    if len(spec.strategies) == 1 or (spec.optuna.sampler == "grid" and field not in entry.training):
+        return f"training.{field}"
+    return f"{entry.name}.training.{field}"
 
 
-def _bounds_of(value: Any) -> tuple[Any, Any] | list[Any]:
-    if isinstance(value, (IntSpace, FloatSpace)):
-        return (value.low, value.high)
-    if isinstance(value, CategoricalSpace):
-        return list(value.choices)
-    return [value]
+def strategy_training(spec: StudySpec, entry: Any) -> dict[str, Any]:
+    """Every training field one strategy trains with: the top-level section with the strategy's resolved
+    ``training:`` block (its own values and defaults, see :mod:`sweeps.config.load`) on top."""
+    fields = {key: getattr(spec.training, key) for key in type(spec.training).model_fields}
+    return {**fields, **entry.training}
 
 
 _LAYER_BOUNDED_FALLBACK = ("n", "start_frozen")
@@ -132,10 +131,11 @@ def grid_search_space(spec: StudySpec) -> dict[str, list[Any]]:
         for key, value in entry.params.items():
             if is_search(value):
                 grid[param_name(entry.name, key)] = _grid_values(value, f"strategies[{i}].params.{key}")
-    for key in type(spec.training).model_fields:
-        value = getattr(spec.training, key)
-        if is_search(value):
-            grid[f"training.{key}"] = _grid_values(value, f"training.{key}")
+    for i, entry in enumerate(spec.strategies):
+        for key, value in strategy_training(spec, entry).items():
+            if is_search(value):
+                where = f"strategies[{i}].training.{key}" if key in entry.training else f"training.{key}"
+                grid[training_param_name(spec, entry, key)] = _grid_values(value, where)
     size = math.prod(len(v) for v in grid.values())
     if size > MAX_GRID_SIZE:
         raise SpecError("optuna.sampler", f"the grid has {size} combinations (max {MAX_GRID_SIZE}); narrow it")

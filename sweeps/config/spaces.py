@@ -135,6 +135,9 @@ SearchableWeightDecay = _searchable(Annotated[Float, Ge(0)])
 SearchableWarmup = _searchable(Annotated[Float, Ge(0), Le(1)])
 
 
+SearchableHeadScale = _searchable(Annotated[Float, Gt(0)])
+
+
 ParamValue = _searchable(Annotated[Any, AfterValidator(_plain_value)])
 
 

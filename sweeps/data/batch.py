@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,22 +37,6 @@ class _Collator:
 def make_collator(tokenizer: Any, pad_to_multiple_of: int | None = None) -> Callable[[list[dict[str, Any]]], dict]:
     """A collate function for tokenised splits: pads each batch to its own longest example."""
     return _Collator(tokenizer, pad_to_multiple_of)
-
-
-def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int) -> list[int]:
-    """A seeded order in which consecutive ``batch_size`` slices hold examples of similar length (less padding).
-
-    Reuses transformers' ``get_length_grouped_indices`` (random permutation, megabatches of 50×batch sorted by
-    length, the longest batch first so an out-of-memory error shows at step 1, not mid-epoch).
-    """
-    from transformers.trainer_pt_utils import get_length_grouped_indices
-
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if len(lengths) == 0:
-        return []
-    generator = torch.Generator().manual_seed(int(seed))
-    return [int(i) for i in get_length_grouped_indices(list(lengths), batch_size, generator=generator)]
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

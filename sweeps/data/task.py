@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ import pandas as pd
 from sweeps.config import DataConfig
 from sweeps.data.normalise import (
     _carve_validation,
+    _is_missing,
     _label_keys,
     _label_mapping,
     _map_labels,
@@ -29,8 +31,10 @@ from sweeps.data.normalise import (
     _seeded_head,
     _to_dataset,
 )
-from sweeps.data.read import _get, _read_splits
+from sweeps.data.read import _get, _Raw, _read_splits
 from sweeps.errors import DataError
+
+log = logging.getLogger(__name__)
 
 # Bump when the normalisation below changes, so fingerprints (and the caches keyed by them) change with it.
 _FORMAT_VERSION = "data-v1"
@@ -43,8 +47,8 @@ class TaskData:
     ``train`` and ``validation`` have columns ``text``, optional ``text_pair``, ``label`` (int id into
     ``label_names``), ``example_id`` (0..n-1 within the split) and ``id`` when an id column was configured and
     present (ids read from CSV/TSV stay strings, so leading zeros survive into a submission file; ints from a
-    DataFrame, JSON or Parquet stay ints). ``test`` has the same columns without ``label`` (it is for predictions), or
-    is ``None``.
+    DataFrame, JSON or Parquet stay ints). ``test`` has the same columns, with ``label`` only when the test file
+    labels every row (then the study's finalists are evaluated on it once), or is ``None``.
     """
 
     train: datasets.Dataset
@@ -55,9 +59,22 @@ class TaskData:
     split_fingerprints: dict[str, str] = field(default_factory=dict)
 
     @property
+    def test_labelled(self) -> bool:
+        """True when the test split carries labels for every row (held-out evaluation is possible)."""
+        return self.test is not None and "label" in self.test.column_names and len(self.test) > 0
+
+    @property
     def num_labels(self) -> int:
         """Number of classes (the size of the classifier head)."""
         return len(self.label_names)
+
+
+def _has_every_label(raw: _Raw, column: str) -> bool:
+    """A test file that labels every row (Kaggle test files have no label column; a held-out split has one)."""
+    if column not in raw.frame.columns or raw.frame.empty:
+        return False
+    values = raw.frame[column]
+    return not any(_is_missing(v) or (isinstance(v, str) and not v.strip()) for v in values.tolist())
 
 
 def split_fingerprint(ds: datasets.Dataset) -> str:
@@ -131,7 +148,17 @@ def load_task_data(
         train, validation = _carve_validation(train, _get(cfg, "validation_fraction"), seed, label_names)
     else:  # cross-validation: the folds are the validation, every train row stays in train (in file order)
         validation = train.iloc[:0].copy()
-    test = _normalise(test_raw, cfg, None, require_id=True) if test_raw is not None else None
+    test = None
+    if test_raw is not None:
+        test_labels = None
+        if _has_every_label(test_raw, label_column):  # a labelled test split: held-out evaluation of the finalists
+            try:
+                keys = _label_keys(test_raw, label_column, test_raw.label_names)
+                test_labels = _map_labels(test_raw, keys, mapping, train_is_int)
+            except DataError as exc:  # e.g. a placeholder label column in a Kaggle test file: predictions only
+                log.warning("%s: not used as a labelled test split (%s)", test_raw.where, exc)
+                test_labels = None
+        test = _normalise(test_raw, cfg, test_labels, require_id=True)
 
     train = _seeded_head(train, _get(cfg, "max_train_rows"), seed)
     validation = _seeded_head(validation, _get(cfg, "max_eval_rows"), seed)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from sweeps import records
 from sweeps.config import StudySpec
-from sweeps.records import Artifact
+from sweeps.records import Artifact, StudyAttr
 from sweeps.report.plots import (
     PLOT_FILES,
     _colors,
@@ -34,10 +34,11 @@ from sweeps.report.plots import (
     _plot_pareto_objectives,
     plot_parallel_coordinates,
 )
-from sweeps.report.recommend import recommendation
+from sweeps.report.recommend import prediction_reader, recommendation
 from sweeps.report.schedule_plots import plot_freeze_schedule, plot_lr_per_group
 from sweeps.report.table import (
     _display,
+    all_test_metrics,
     best_per_strategy,
     objectives_of,
     primary_metric,
@@ -180,8 +181,18 @@ def write_report(
         if name not in made:
             (report_dir / name).unlink(missing_ok=True)
 
+    label_names = study.user_attrs.get(StudyAttr.LABELS) or []
     sentences = recommendation(
-        table, metric, direction, labels, epochs=ctx.epochs, pareto=pareto, objectives=[m for m, _ in objectives]
+        table,
+        metric,
+        direction,
+        labels,
+        epochs=ctx.epochs,
+        pareto=pareto,
+        objectives=[m for m, _ in objectives],
+        predictions=prediction_reader(out, label_names) if label_names else None,
+        num_labels=len(label_names) or None,
+        test_metrics=all_test_metrics(study),
     )
     best = best_per_strategy(table, metric) if len(table) else table
     table.to_csv(report_dir / "trials.csv", index=False)

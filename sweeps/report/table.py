@@ -22,6 +22,19 @@ TABLE_METRICS = ("accuracy", "f1_macro", "epoch_time_s", "peak_memory_mb", "trai
 INTEGER_METRICS = ("trainable_params", "best_epoch", "epochs_run")
 
 
+EVIDENCE_ATTRS = (
+    TrialAttr.LEARNED,
+    TrialAttr.DEGENERATE,
+    TrialAttr.CHANCE_RATE,
+    TrialAttr.DEAD_CLASSES,
+    TrialAttr.CACHE_WARM,
+    TrialAttr.CONFIRM_OF,
+    TrialAttr.DUPLICATE_OF,
+)
+"""Trial attributes the verdict reads (:mod:`sweeps.report.verdict`): did it learn, is it a seed of another trial's
+configuration or a skipped duplicate, and was its activation cache warm."""
+
+
 _STATES = {
     TrialState.COMPLETE: "complete",
     TrialState.PRUNED: "pruned",
@@ -29,6 +42,26 @@ _STATES = {
     TrialState.RUNNING: "running",
     TrialState.WAITING: "waiting",
 }
+
+
+TEST_METRICS = ("accuracy", "f1_macro", "f1_weighted")
+TEST_ATTR = StudyAttr.TEST_PREFIX
+"""Study user attribute prefix: ``test.<trial number>`` holds that finalist's held-out test metrics (a finished
+Optuna trial cannot take new attributes; one key per trial keeps workers from overwriting each other)."""
+
+
+def test_metrics_of(study: optuna.Study, number: int) -> dict[str, float] | None:
+    value = study.user_attrs.get(f"{TEST_ATTR}{number}")
+    return dict(value) if isinstance(value, dict) else None
+
+
+def all_test_metrics(study: optuna.Study) -> dict[int, dict[str, float]]:
+    """Trial number → its test metrics, for every finalist evaluated so far."""
+    out = {}
+    for key, value in study.user_attrs.items():
+        if key.startswith(TEST_ATTR) and key[len(TEST_ATTR) :].isdigit() and isinstance(value, dict):
+            out[int(key[len(TEST_ATTR) :])] = dict(value)
+    return out
 
 
 # -- the table ----------------------------------------------------------------------------------------------------
@@ -69,11 +102,11 @@ def _metrics(trial: FrozenTrial) -> dict[str, float]:
 
 
 def _short_name(name: str, strategy: str) -> str:
-    if name.startswith("training."):
-        return name[len("training.") :]
     if name.startswith(f"{strategy}."):
-        return name[len(strategy) + 1 :]
-    return name.split(".", 1)[1] if "." in name else name
+        name = name[len(strategy) + 1 :]
+    elif not name.startswith("training.") and "." in name:
+        name = name.split(".", 1)[1]
+    return name[len("training.") :] if name.startswith("training.") else name
 
 
 def _param_columns(trials: Sequence[FrozenTrial]) -> dict[str, str]:
@@ -92,7 +125,8 @@ def _param_columns(trials: Sequence[FrozenTrial]) -> dict[str, str]:
                 clash.add(short)
             seen[short] = name
             per_short.setdefault(short, set()).add(name)
-    reserved = {"number", "state", "strategy", "frozen_params_verified", "fail_reason", "duration_s", *TABLE_METRICS}
+    reserved = {"number", "state", "strategy", "frozen_params_verified", "fail_reason", "duration_s", *TABLE_METRICS,
+                *EVIDENCE_ATTRS}
     out = {}
     for short, names in per_short.items():
         for name in names:
@@ -136,11 +170,19 @@ def trials_table(study: optuna.Study, metric: str | None = None, direction: str 
             row[name] = metrics.get(name, math.nan)
         verified = t.user_attrs.get(TrialAttr.FROZEN_VERIFIED)
         row["frozen_params_verified"] = None if verified is None else bool(verified)
+        for key in EVIDENCE_ATTRS:
+            row[key] = t.user_attrs.get(key)
         row["fail_reason"] = t.user_attrs.get(TrialAttr.FAIL_REASON) or ""
         row["duration_s"] = _duration(t)
         rows.append(row)
     ordered = ["number", "state", "strategy", *dict.fromkeys(columns.values()), *metric_cols,
-               "frozen_params_verified", "fail_reason", "duration_s"]
+               "frozen_params_verified", *EVIDENCE_ATTRS, "fail_reason", "duration_s"]
+    tests = all_test_metrics(study)
+    test_cols = [f"test/{k}" for k in TEST_METRICS if any(k in m for m in tests.values())]
+    for row in rows:  # the finalists' held-out scores: shown, never used to rank
+        for col in test_cols:
+            row[col] = tests.get(row["number"], {}).get(col[len("test/") :], math.nan)
+    ordered[ordered.index("frozen_params_verified"):ordered.index("frozen_params_verified")] = test_cols
     table = pd.DataFrame(rows, columns=ordered)
     if table.empty:
         return table
@@ -153,8 +195,10 @@ def trials_table(study: optuna.Study, metric: str | None = None, direction: str 
     for col in INTEGER_METRICS:
         if col in table and table[col].dropna().map(float.is_integer).all():
             table[col] = table[col].astype("Int64")
-    table = table.sort_values("number", kind="stable")
-    table = table.sort_values(metric, ascending=direction == "minimize", na_position="last", kind="stable")
+    table["_time"] = table["epoch_time_s"].fillna(math.inf) if "epoch_time_s" in table else 0.0
+    table = table.sort_values(
+        [metric, "_time", "number"], ascending=[direction == "minimize", True, True], na_position="last", kind="stable"
+    ).drop(columns="_time")
     return table.reset_index(drop=True)
 
 
@@ -167,29 +211,6 @@ def best_per_strategy(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     best = done.drop_duplicates("strategy", keep="first").copy()
     best.insert(3, "complete_trials", best["strategy"].map(done["strategy"].value_counts()).astype("int64"))
     return best.reset_index(drop=True)
-
-
-def rank_completed(table: pd.DataFrame, metric: str, direction: str) -> pd.DataFrame:
-    """Completed trials with ``metric``, best first; ties go to the cheaper epoch time, then the earlier trial.
-
-    This is *the* rule for "the best trial" (report, recommendation, MLflow parent run, kept model): change it here
-    and every place follows."""
-    done = table[(table["state"] == "complete") & table[metric].notna()] if len(table) else table
-    if done.empty:
-        return done
-    ascending = direction == "minimize"
-    return done.sort_values([metric, "epoch_time_s", "number"], ascending=[ascending, True, True], na_position="last")
-
-
-def best_trial_number(study: optuna.Study, metric: str | None = None, direction: str | None = None) -> int | None:
-    """The number of the study's best trial by :func:`rank_completed` (None before any trial completed); metric and
-    direction default to the ones recorded in the study (its first quality objective)."""
-    if metric is None:
-        metric, study_direction = _study_metric(study)
-        direction = direction or study_direction
-    direction = direction or _direction_of(metric)
-    ranked = rank_completed(trials_table(study, metric=metric, direction=direction), metric, direction)
-    return None if ranked.empty else int(ranked.iloc[0]["number"])
 
 
 def to_markdown(table: pd.DataFrame) -> str:

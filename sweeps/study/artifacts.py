@@ -17,6 +17,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from sweeps.health import trial_health
 from sweeps.records import (
     Artifact,
     Tag,
@@ -28,6 +29,7 @@ from sweeps.records import (
     trial_metrics,
     trial_model_dir,
 )
+from sweeps.report.verdict import best_trial_number
 from sweeps.track import Tracker
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,17 @@ def record_outcome(
     for k, v in outcome.metrics.items():
         trial.set_user_attr(metric_attr(k), v)
     trial.set_user_attr(TrialAttr.FROZEN_VERIFIED, outcome.frozen_params_verified)
-    tags = {Tag.FROZEN_VERIFIED: str(outcome.frozen_params_verified).lower()}
+    health = trial_health(outcome.eval_labels, outcome.eval_probs.argmax(-1), len(label_names))
+    trial.set_user_attr(TrialAttr.LEARNED, health.learned)
+    trial.set_user_attr(TrialAttr.DEGENERATE, health.degenerate)
+    trial.set_user_attr(TrialAttr.CHANCE_RATE, health.majority_rate)
+    trial.set_user_attr(TrialAttr.DEAD_CLASSES, ", ".join(label_names[i] for i in health.dead_classes))
+    trial.set_user_attr(TrialAttr.CACHE_WARM, outcome.cache_stats.get("cache_hit") is True)
+    tags = {
+        Tag.FROZEN_VERIFIED: str(outcome.frozen_params_verified).lower(),
+        Tag.LEARNED: str(health.learned).lower(),
+        Tag.DEGENERATE: str(health.degenerate).lower(),
+    }
     for k, v in outcome.cache_stats.items():
         if isinstance(v, (int, float, str, bool)):
             tags[Tag.CACHE_PREFIX + k] = v
@@ -90,10 +102,10 @@ def record_outcome(
 def keep_if_best(
     study: optuna.Study, tracker: Tracker, number: int, run_id: str | None, *, out: Path, max_length: int
 ) -> None:
-    """Keep the saved model of the best trial only (by :func:`sweeps.report.table.best_trial_number`, the report's
-    rule); remove the others."""
+    """Keep the saved model of the best trial only (by the report's one ranking rule,
+    :func:`sweeps.report.verdict.best_trial_number`); remove the others."""
     model_dir = trial_model_dir(out, number)
-    best = _best_number(study)
+    best = best_trial_number(study)
     if best is None:
         return
     pointer = best_model_pointer(out)
@@ -113,13 +125,6 @@ def keep_if_best(
         _log_model(tracker, run_id, model_dir)
 
 
-def _best_number(study: optuna.Study, metric: tuple[str, str] | None = None) -> int | None:
-    """The best trial by the report's rule (one helper owns it: :func:`sweeps.report.table.best_trial_number`)."""
-    from sweeps.report.table import best_trial_number
-
-    return best_trial_number(study, *(metric or (None, None)))
-
-
 def _log_model(tracker: Tracker, run_id: str, model_dir: Path) -> None:
     """The best model as an MLflow transformers model (a Logged Model); the plain folder if the flavour fails
     (CV trials save one folder per fold, which is no single pipeline)."""
@@ -133,13 +138,11 @@ def _log_model(tracker: Tracker, run_id: str, model_dir: Path) -> None:
     tracker.log_dir(run_id, model_dir, Artifact.MODEL)
 
 
-def log_best_to_parent(
-    study: optuna.Study, tracker: Tracker, parent_run_id: str | None, metric: tuple[str, str]
-) -> None:
+def log_best_to_parent(study: optuna.Study, tracker: Tracker, parent_run_id: str | None) -> None:
     """The best trial's metrics, number, strategy and parameters on the parent run, refreshed after each trial."""
     if not parent_run_id:
         return
-    number = _best_number(study, metric)
+    number = best_trial_number(study)
     if number is None:
         return
     best = study.trials[number]

@@ -1,17 +1,31 @@
 """Trials left behind by a worker that died, and what counts toward ``n_trials``.
 
 How ``n_trials`` is counted: trials that ran to an end (complete, pruned, failed by their own error) plus
-trials still running. Trials that were interrupted (Ctrl-C) or whose worker died do not use up the budget:
-they are retried with the same parameters (``optuna.retry_failed`` times) or their slot goes to a new
-sample.
+trials still running; confirmation trials (``optuna.confirm``) and skipped duplicates are extra. Trials
+that were interrupted (Ctrl-C) or whose worker died do not use up the budget: they are retried with the
+same parameters (``optuna.retry_failed`` times) or their slot goes to a new sample.
+
+Why not Optuna's ``fail_stale_trials`` and ``RetryHeartbeatStaleTrialCallback`` (checked against optuna 5.0): the first
+sets a stale trial to FAIL before anything can be recorded on it, and a finished trial's attributes are immutable, so
+the reason (``fail_reason``, ``worker_died``) that the budget count, the report and MLflow rely on could not be
+written; the second copies every user attribute of the dead trial (its ``fail_reason``, ``worker_died``, host, pid) onto
+the retry, so a retry that then failed by its own error would not count toward ``n_trials``. What they do is done here
+in the same order — reason first, then the RUNNING → FAIL transition that only one process wins, then the retry — with
+Optuna's public storage methods; the private pieces Optuna offers no public access to (a study's storage, a trial's
+storage id, the stale-trial query) are reached in :func:`study_storage`, :func:`_trial_id` and
+:func:`_stale_trial_ids` only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
+from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -41,6 +55,9 @@ def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
     interrupted trials, trials whose worker died and surplus asks do not."""
     if trial.user_attrs.get(TrialAttr.SURPLUS):
         return False
+    extra = (TrialAttr.CONFIRM_OF, TrialAttr.DUPLICATE_OF)
+    if any(trial.user_attrs.get(key) is not None for key in extra):
+        return False  # confirmation trials come after the budget; duplicates were not trained
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
         return True
     if trial.state == TrialState.FAIL:
@@ -58,11 +75,69 @@ def budget_used(study: optuna.Study) -> int:
     return sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
 
 
+def study_storage(study: optuna.Study, backend: bool = False) -> Any:
+    """The storage ``study`` was opened on (private on Study); with ``backend`` the RDBStorage behind Optuna's cache
+    wrapper (for its SQLAlchemy engine and grace period)."""
+    storage = study._storage
+    return getattr(storage, "_backend", storage) if backend else storage
+
+
+def _trial_id(trial: optuna.trial.FrozenTrial | optuna.Trial) -> int:
+    """The trial's id in the storage: what the storage methods take; Optuna keeps it private on trial objects."""
+    return trial._trial_id
+
+
+def _heartbeat_interval(storage: Any) -> int | None:
+    """The storage's heartbeat interval (seconds), ``None`` when it has no heartbeat (journal, in-memory)."""
+    get = getattr(storage, "get_heartbeat_interval", None)
+    return get() if callable(get) else None
+
+
+def _stale_trial_ids(study: optuna.Study) -> set[int]:
+    """Ids of RUNNING trials whose heartbeat is older than the grace period (Optuna's own query; it is private,
+    and its public wrapper ``fail_stale_trials`` fails the trials before their reason can be recorded)."""
+    storage = study_storage(study)
+    if _heartbeat_interval(storage) is None:
+        return set()
+    return set(storage._get_stale_trial_ids(storage.get_study_id_from_name(study.study_name)))
+
+
+def _grace_period(study: optuna.Study, default: float = 60.0) -> float:
+    return float(getattr(study_storage(study, backend=True), "grace_period", None) or default)
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Record the trial's heartbeat every interval while the block runs, so workers elsewhere can tell that it is
+    alive (``study.optimize`` does this itself; with ask-and-tell it is ours to do). Public storage methods only."""
+    storage = study_storage(study)
+    interval = _heartbeat_interval(storage)
+    if interval is None:
+        yield
+        return
+    trial_id, stop = _trial_id(trial), threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _dead_reason(trial: optuna.trial.FrozenTrial, stale: set[int], grace_s: float) -> str | None:
     """Why a RUNNING trial's worker is known to be dead, or None while it may be alive."""
-    if trial._trial_id in stale:
+    if _trial_id(trial) in stale:
         return "worker stopped sending heartbeats (killed, crashed or its machine was lost)"
     host, pid = trial.user_attrs.get(TrialAttr.HOST), trial.user_attrs.get(TrialAttr.PID)
+    # pid fast path: a heartbeat goes stale only after the grace period (>= 60 s), a dead pid on this host is known now
     if host == HOST and pid is not None and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
         return "worker process died (killed or crashed)"
     # asked, but its worker died before recording where it runs (and before any heartbeat): after the grace period
@@ -79,24 +154,19 @@ def recover_dead_trials(study: optuna.Study, tracker: Tracker, retry_failed: int
     attributes can no longer be changed), and only the process whose RUNNING -> FAIL transition succeeds re-enqueues
     it and ends its MLflow run, so several workers starting at once recover a trial exactly once.
     """
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    storage = study._storage
-    stale: set[int] = set()
-    grace_s = 60.0
-    if is_heartbeat_enabled(storage):
-        stale = set(storage._get_stale_trial_ids(study._study_id))
-        backend = getattr(storage, "_backend", storage)
-        grace_s = float(getattr(backend, "grace_period", None) or grace_s)
+    storage = study_storage(study)
+    stale = _stale_trial_ids(study)
+    grace_s = _grace_period(study) if _heartbeat_interval(storage) is not None else 60.0
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         reason = _dead_reason(trial, stale, grace_s)
         if reason is None:
             continue
         try:
-            storage.set_trial_user_attr(trial._trial_id, TrialAttr.WORKER_DIED, True)
-            storage.set_trial_user_attr(trial._trial_id, TrialAttr.FAIL_REASON, reason)
-            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            trial_id = _trial_id(trial)
+            storage.set_trial_user_attr(trial_id, TrialAttr.WORKER_DIED, True)
+            storage.set_trial_user_attr(trial_id, TrialAttr.FAIL_REASON, reason)
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another process recovered it first (or its worker finished it after all)
@@ -144,9 +214,3 @@ def close_orphan_runs(study: optuna.Study, tracker: Tracker) -> list[str]:
         tracker.end_run(run.info.run_id, status)
         closed.append(run.info.run_id)
     return closed
-
-
-def _heartbeat(study: optuna.Study, trial: optuna.Trial):
-    from optuna.storages._heartbeat import get_heartbeat_thread
-
-    return get_heartbeat_thread(trial._trial_id, study._storage)

@@ -10,6 +10,7 @@ they share the study through its storage.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -25,16 +26,27 @@ from optuna.trial import TrialState
 from sweeps.config import StudySpec, is_search
 from sweeps.config.search_space import STRATEGY_PARAM
 from sweeps.errors import SpecError, SweepsError
-from sweeps.records import Artifact, StudyAttr, Tag, TrialAttr, trial_model_dir
-from sweeps.study.recovery import HOST, _heartbeat, budget_used, counts_toward_budget, recover_dead_trials
+from sweeps.records import Artifact, StudyAttr, Tag, TrialAttr, best_model_pointer, metric_attr, trial_model_dir
+from sweeps.study.confirm import choose_finalists, confirmation_seed, enqueue_confirmations, is_confirmation
+from sweeps.study.recovery import (
+    HOST,
+    budget_used,
+    counts_toward_budget,
+    heartbeat,
+    recover_dead_trials,
+    study_storage,
+)
 from sweeps.study.storage import database_url, open_study, storage_lock, storage_url
 from sweeps.study.suggest import TrialParams
+from sweeps.study.test_split import TEST_ATTR, evaluate_test_split, test_metrics_of
 from sweeps.track import Tracker
 
 if TYPE_CHECKING:
     from sweeps.train import EpochResult, StudyContext, TrialOutcome
 
 log = logging.getLogger(__name__)
+
+MAX_DUPLICATES_IN_A_ROW = 5
 
 
 @dataclass(frozen=True)
@@ -102,9 +114,12 @@ class StudyRunner:
         check_strategy_bounds(self.spec, layer_map.num_layers)
         for i, entry in enumerate(self.spec.strategies):
             if not any(is_search(v) for v in entry.params.values()):  # searched ranges were checked just above
-                check_strategy(entry.name, dict(entry.params), layer_map, index=i)
+                strategy = check_strategy(entry.name, dict(entry.params), layer_map, index=i)
+                self._check_schedule_fits(i, entry, strategy, layer_map)
         self.num_layers = layer_map.num_layers
         del model, layer_map
+        if self.study.user_attrs.get(StudyAttr.LABELS) != self.ctx.data.label_names:
+            self.study.set_user_attr(StudyAttr.LABELS, self.ctx.data.label_names)  # the report's noise rule reads them
         self.parent_run_id = self.open_parent_run()
         if self.parent_run_id and not self._parent_has_params():
             self.tracker.log_text(self.parent_run_id, self.spec.dump_yaml(masked=True), Artifact.STUDY_YAML)
@@ -119,15 +134,25 @@ class StudyRunner:
                 },
             )
 
+    def _check_schedule_fits(self, index: int, entry: Any, strategy: Any, layer_map: Any) -> None:
+        """Refuse a schedule (gradual unfreezing, explicit phases) whose last change comes after the last epoch: its
+        trials would be judged before the strategy ever trained as configured."""
+        from strategies import schedule_end_epoch
+
+        epochs = int(entry.training.get("epochs", self.spec.training.epochs))
+        end = schedule_end_epoch(strategy, layer_map)
+        if end >= epochs:
+            raise SpecError(
+                f"strategies[{index}].params",
+                f"{entry.name}'s schedule changes for the last time at the start of epoch {end + 1}, but training "
+                f"runs {epochs} epoch{'s' if epochs != 1 else ''}: use epochs >= {end + 1} (training.epochs or "
+                f"strategies[{index}].training.epochs), or unfreeze faster (e.g. groups_per_step)",
+            )
+
     def open_parent_run(self) -> str | None:
         """The study's MLflow parent run, created by the first worker only: workers starting together (several
         machines, ``docker compose --scale``) each created one and split the trials between two parents."""
-        storage = getattr(self.study._storage, "_backend", self.study._storage)
-        with storage_lock(
-            storage_url(self.spec),
-            f"freeze-sweeps:parent-run:{self.study.study_name}",
-            engine=getattr(storage, "engine", None),
-        ):
+        with self._study_lock("parent-run"):
             return self.tracker.parent_run(self.study, self.spec.name, {Tag.STUDY: self.study.study_name})
 
     def _parent_has_params(self) -> bool:
@@ -159,17 +184,96 @@ class StudyRunner:
             if report is None:
                 break
             reports.append(report)
+        reports += self._confirm(deadline)
+        self._evaluate_on_test()
         return reports
+
+    # -- answers you can trust: confirmation, test split --------------------------------------------------------
+    def _confirm(self, deadline: float | None) -> list[TrialReport]:
+        """Retrain the finalists with further seeds (``optuna.confirm``), then run every waiting confirmation."""
+        cfg = self.spec.optuna.confirm
+        if cfg is None or self.spec.multi_objective:
+            return []
+        metric, direction = self.spec.task.metric, self.spec.task.direction
+        with self._study_lock("confirm"):
+            trials = self.study.get_trials(deepcopy=False)
+            finalists = choose_finalists(trials, lambda t: _metric_attr(t, metric), direction, cfg.top_k, _strategy_of)
+            added = enqueue_confirmations(self.study, finalists, cfg.seeds)
+        if added:
+            names = ", ".join(f"trial {t.number} ({_strategy_of(t)})" for t in finalists)
+            self.say(f"confirmation: retraining {names} with {cfg.seeds} seeds each ({added} trials)")
+        reports = []
+        while any(is_confirmation(t) for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))):
+            if deadline is not None and time.monotonic() >= deadline:
+                self.say("optuna.timeout reached: confirmation trials left waiting (a rerun trains them)")
+                break
+            report = self.run_one(None)
+            if report is None:
+                break
+            reports.append(report)
+        return reports
+
+    def _evaluate_on_test(self) -> None:
+        """Evaluate the best trial's saved model on a labelled test split, once (never used for selection)."""
+        if self.ctx is None or not self.ctx.data.test_labelled:
+            return
+        pointer = best_model_pointer(self.output)
+        if not pointer.exists():
+            return
+        number = int(json.loads(pointer.read_text())["trial"])
+        if test_metrics_of(self.study, number) is not None:
+            return
+        with self._study_lock("test"):
+            if test_metrics_of(self.study, number) is None:
+                self._record_test(number, trial_model_dir(self.output, number))
+
+    def _record_test(self, number: int, model_dir: Path) -> None:
+        from sweeps.predict import load_model_folder
+
+        if not model_dir.exists():
+            return
+        model = load_model_folder(model_dir, number, max_length=self.spec.task.max_length)
+        metrics = evaluate_test_split(model, self.ctx.data, self.spec)
+        self.study.set_user_attr(f"{TEST_ATTR}{number}", metrics)
+        run_id = next((t.user_attrs.get(TrialAttr.MLFLOW_RUN) for t in self.study.get_trials(deepcopy=False)
+                       if t.number == number), None)
+        self.tracker.log_metrics(run_id, {f"test/{k}": v for k, v in metrics.items()}, step=0)
+        self.say(
+            f"held-out test, trial {number}: "
+            + " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in ("accuracy", "f1_macro"))
+        )
+
+    def _study_lock(self, what: str) -> Any:
+        """A lock shared by every worker of the study (through its storage): one of them does ``what`` at a time."""
+        storage = study_storage(self.study, backend=True)
+        return storage_lock(
+            storage_url(self.spec),
+            f"freeze-sweeps:{what}:{self.study.study_name}",
+            engine=getattr(storage, "engine", None),
+        )
 
     def _cover_strategies(self) -> None:
         """Every strategy in the study file gets a trial before the sampler takes over: with a few trials, a sampler's
-        random start-up could otherwise leave a strategy untried and the comparison would be silent about it."""
+        random start-up could otherwise leave a strategy untried and the comparison would be silent about it. A
+        strategy counts as covered by a trial that ended on its own (complete, pruned, genuinely failed) or is
+        running or waiting — not by one that was interrupted or whose worker died."""
         if len(self.spec.strategies) < 2:
             return
-        tried = {t.params.get(STRATEGY_PARAM) for t in self.study.get_trials(deepcopy=False)}
+        covered = set()
+        for t in self.study.get_trials(deepcopy=False):
+            strategy = t.params.get(STRATEGY_PARAM) or t.system_attrs.get("fixed_params", {}).get(STRATEGY_PARAM)
+            live = t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+            if live or (t.state == TrialState.FAIL and counts_toward_budget(t)):
+                covered.add(strategy)
+        n_trials = self.spec.optuna.n_trials
+        room = None if n_trials is None else max(n_trials - budget_used(self.study), 0)
         for entry in self.spec.strategies:
-            if entry.name not in tried:
-                self.study.enqueue_trial({STRATEGY_PARAM: entry.name}, skip_if_exists=True)
+            if entry.name in covered:
+                continue
+            if room is not None and room <= 0:
+                break  # fewer trials left than strategies: the rest stay untried (the report says so)
+            self.study.enqueue_trial({STRATEGY_PARAM: entry.name}, skip_if_exists=True)
+            room = None if room is None else room - 1
 
     def run_one(self, n_trials: int | None) -> TrialReport | None:
         from sweeps.study.suggest import suggest
@@ -190,6 +294,16 @@ class StudyRunner:
             self.study.tell(trial, state=TrialState.FAIL)
             raise
         trial.set_user_attr(TrialAttr.STRATEGY, params.strategy)
+        seed = confirmation_seed(trial)
+        if seed is not None:
+            params.training = params.training.model_copy(update={"seed": seed})
+        trial.set_user_attr(TrialAttr.SEED, params.training.seed)
+        key = params.config_key()
+        trial.set_user_attr(TrialAttr.CONFIG_KEY, key)
+        duplicate = self._duplicate_of(trial.number, key)
+        if duplicate is not None:
+            return self._skip_duplicate(trial, duplicate, params)
+        self._duplicates_in_a_row = 0
         run_id = self.tracker.start_trial(
             self.parent_run_id,
             f"trial-{trial.number}-{params.strategy}",
@@ -209,8 +323,31 @@ class StudyRunner:
         if run_id:
             trial.set_user_attr(TrialAttr.MLFLOW_RUN, run_id)
         self.say(f"trial {trial.number}: {params.strategy} {params.strategy_params or ''}")
-        with _heartbeat(self.study, trial):
+        with heartbeat(self.study, trial):
             return self._execute(trial, params, run_id)
+
+    def _duplicate_of(self, number: int, key: str) -> optuna.trial.FrozenTrial | None:
+        """A completed trial that trained exactly this configuration (same key), if any."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            same = t.user_attrs.get(TrialAttr.CONFIG_KEY) == key
+            if t.number != number and same and t.user_attrs.get(TrialAttr.DUPLICATE_OF) is None:
+                return t
+        return None
+
+    def _skip_duplicate(
+        self, trial: optuna.Trial, previous: optuna.trial.FrozenTrial, params: Any
+    ) -> TrialReport | None:
+        """Not trained again: recorded with the earlier trial's values (so the sampler learns it was tried) and
+        ``duplicate_of``; it does not use up ``n_trials`` and is never counted as evidence. Several duplicates in a
+        row mean the sampler has nothing new left to propose: the search stops."""
+        trial.set_user_attr(TrialAttr.DUPLICATE_OF, previous.number)
+        self.study.tell(trial, values=previous.values if self.spec.multi_objective else previous.value)
+        self._duplicates_in_a_row = getattr(self, "_duplicates_in_a_row", 0) + 1
+        self.say(f"trial {trial.number}: same configuration as trial {previous.number}: not trained again")
+        if self._duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
+            self.say(f"{MAX_DUPLICATES_IN_A_ROW} duplicate proposals in a row: the search space is exhausted")
+            return None
+        return TrialReport(trial.number, "duplicate", params.strategy, None, reason=f"duplicate of {previous.number}")
 
     def _is_surplus(self, trial: optuna.Trial, n_trials: int) -> bool:
         before = [
@@ -287,7 +424,6 @@ class StudyRunner:
     def _complete(
         self, trial: optuna.Trial, params: TrialParams, run_id: str | None, outcome: TrialOutcome
     ) -> TrialReport:
-        from sweeps.report.table import primary_metric
         from sweeps.study.artifacts import keep_if_best, log_best_to_parent, record_outcome
 
         assert self.ctx is not None
@@ -303,10 +439,12 @@ class StudyRunner:
         )
         self.study.tell(trial, values=values if self.spec.multi_objective else values[0])
         self.tracker.set_tags(run_id, {Tag.STATUS: "complete"})
+        if is_confirmation(trial) and self.ctx.data.test_labelled:  # a finalist: touches the test split once
+            self._record_test(trial.number, trial_model_dir(self.output, trial.number))
         self.tracker.end_run(run_id, "FINISHED")
         max_length = self.spec.task.max_length
         keep_if_best(self.study, self.tracker, trial.number, run_id, out=self.output, max_length=max_length)
-        log_best_to_parent(self.study, self.tracker, self.parent_run_id, primary_metric(self.spec))
+        log_best_to_parent(self.study, self.tracker, self.parent_run_id)
         m, metric = outcome.metrics, self.spec.task.metric
         self.say(
             f"trial {trial.number}: complete: {metric}={m[metric]:.4f} "
@@ -314,6 +452,15 @@ class StudyRunner:
             f"peak_mem={m['peak_memory_mb']:.0f}MB trainable={int(m['trainable_params']):,}"
         )
         return TrialReport(trial.number, "complete", params.strategy, values, outcome.metrics)
+
+
+def _strategy_of(trial: optuna.trial.FrozenTrial) -> str:
+    return str(trial.user_attrs.get(TrialAttr.STRATEGY) or trial.params.get(STRATEGY_PARAM) or "?")
+
+
+def _metric_attr(trial: optuna.trial.FrozenTrial, metric: str) -> float | None:
+    value = trial.user_attrs.get(metric_attr(metric))
+    return None if value is None else float(value)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from optuna.trial import TrialState
 
 from sweeps.config import StudySpec
 from sweeps.errors import SpecError
+from sweeps.study.pruning import PerStrategyPruner
 
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
@@ -19,7 +21,8 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     assert seed is not None
     name = spec.optuna.sampler
     if name == "tpe":
-        return TrialSeededSampler(lambda s: optuna.samplers.TPESampler(seed=s), seed)
+        startup = tpe_startup_trials(spec)
+        return TrialSeededSampler(lambda s: _tpe(s, startup), seed)
     if name == "random":
         return TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
     if name == "grid":
@@ -34,6 +37,20 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     if name == "qmc":  # its sequence position is kept in the study, so one seed (scramble) for every worker is right
         return optuna.samplers.QMCSampler(seed=seed)
     raise SpecError("optuna.sampler", f"unknown sampler {name!r}")
+
+
+def tpe_startup_trials(spec: Any) -> int:
+    """Random trials before TPE models: every strategy's first trial (the runner enqueues one each), and at least 5."""
+    return max(len(spec.strategies), 5)
+
+
+def _tpe(seed: int, startup: int) -> optuna.samplers.TPESampler:
+    """Multivariate TPE with ``group=True``: the search space decomposes into one group per strategy (its own
+    params and its own ``<strategy>.training.*`` fields), so each strategy's LR is modelled from that strategy's
+    trials, jointly with its other hyperparameters (``n`` and LR are not independent)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group=True is "experimental"
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup)
 
 
 def trial_seed(seed: int, number: int) -> int:
@@ -81,6 +98,16 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The study file's pruner; with several strategies it judges each trial against its own strategy's trials only
+    (:class:`~sweeps.study.pruning.PerStrategyPruner`): a frozen-body trial trails full fine-tuning after epoch 1 by
+    construction, and a shared median would prune it for what it freezes."""
+    pruner = _base_pruner(spec)
+    if len(spec.strategies) > 1 and not isinstance(pruner, optuna.pruners.NopPruner):
+        return PerStrategyPruner(pruner)
+    return pruner
+
+
+def _base_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     name = spec.optuna.pruner
     warmup = spec.optuna.pruner_warmup_epochs
     if name == "median":

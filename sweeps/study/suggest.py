@@ -5,13 +5,15 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 
 from sweeps.config.schema import StudySpec, TrainingConfig
-from sweeps.config.search_space import STRATEGY_PARAM, param_name
+from sweeps.config.search_space import STRATEGY_PARAM, param_name, strategy_training, training_param_name
 from sweeps.config.spaces import FloatSpace, IntSpace, SearchSpace, is_search
 
 
@@ -29,6 +31,13 @@ class TrialParams:
     training: TrainingConfig
     strategy_params: dict[str, Any] = field(default_factory=dict)
     searched: dict[str, Any] = field(default_factory=dict)
+
+    def config_key(self) -> str:
+        """A hash of everything the trial trains with (strategy, its params, the whole training section, seed
+        included): two trials with the same key would train the same model, so the second is not trained again."""
+        training = self.training.model_dump(mode="json")
+        text = json.dumps([self.strategy, self.strategy_params, training], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _suggest_one(trial: optuna.Trial, name: str, space: SearchSpace) -> Any:
@@ -59,10 +68,11 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> TrialParams:
         else:
             params[key] = value
     sampled: dict[str, Any] = {}
-    for key in type(spec.training).model_fields:
-        value = getattr(spec.training, key)
+    for key, value in strategy_training(spec, entry).items():
         if is_search(value):
-            name = f"training.{key}"
+            name = training_param_name(spec, entry, key)
             sampled[key] = searched[name] = _suggest_one(trial, name, value)
+        elif key in entry.training:  # the strategy's own fixed value
+            sampled[key] = value
     training = spec.training.model_copy(update=sampled)
     return TrialParams(strategy=entry.name, strategy_params=params, training=training, searched=searched)

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -138,14 +137,6 @@ class Tracker:
             return
         self.client.set_terminated(run_id, status=status)
 
-    def run_status(self, run_id: str) -> str | None:
-        if not self.enabled:
-            return None
-        try:
-            return self.client.get_run(run_id).info.status
-        except Exception:
-            return None
-
     def log_best(
         self, parent_id: str | None, number: int, strategy: str, params: Mapping[str, Any],
         metrics: Mapping[str, float], step: int,
@@ -207,13 +198,3 @@ class Tracker:
         if not self.enabled or run_id is None:
             return
         self.client.log_artifacts(run_id, str(path), artifact_path)
-
-    def log_figure(self, run_id: str | None, figure: Any, artifact_file: str) -> None:
-        if not self.enabled or run_id is None:
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(artifact_file).name
-            figure.savefig(path, dpi=100, bbox_inches="tight")
-            self.client.log_artifact(
-                run_id, str(path), str(Path(artifact_file).parent) if "/" in artifact_file else None
-            )

@@ -34,7 +34,7 @@ def layer_spec(spec: StudySpec | None) -> LayerSpec | None:
     if section is None:
         return None
     return LayerSpec(
-        layers=section.layers,
+        layers=section.layers if isinstance(section.layers, str) else tuple(section.layers),
         embeddings=tuple(section.embeddings),
         head=tuple(section.head),
         other=tuple(section.other),

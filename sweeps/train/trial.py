@@ -29,6 +29,7 @@ from strategies import (
     format_table,
     make_optimizer_factory,
 )
+from strategies.base import with_head_scale
 from sweeps.cache import CachedPrefixForward
 from sweeps.config import TrainingConfig
 from sweeps.data import stratified_folds
@@ -131,7 +132,7 @@ def train_once(
     set_seed(training.seed)
     model = ctx.build_model()
     layer_map = discover_layers(model, layer_spec(ctx.spec))
-    strategy = check_strategy(strategy_name, strategy_params, layer_map)
+    strategy = with_head_scale(check_strategy(strategy_name, strategy_params, layer_map), training.head_lr_scale)
     if training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer_kwargs: dict[str, Any] = {}
@@ -214,11 +215,13 @@ def _final_metrics(result: LoopResult) -> dict[str, float]:
     best = result.epochs[result.best_epoch].metrics
     quality = {k: best[k] for k in BEST_EPOCH_METRICS}
     times = [e.metrics["epoch_time_s"] for e in result.epochs]
+    # medians: the first epoch of a cached trial builds the cache and one slow epoch on a shared machine must not
+    # decide a cost comparison; the cold/warm state is recorded separately (cache_warm)
     return {
         **quality,
-        "epoch_time_s": float(np.mean(times)),
-        "eval_time_s": float(np.mean([e.metrics["eval_time_s"] for e in result.epochs])),
-        "samples_per_s": float(np.mean([e.metrics["samples_per_s"] for e in result.epochs])),
+        "epoch_time_s": float(np.median(times)),
+        "eval_time_s": float(np.median([e.metrics["eval_time_s"] for e in result.epochs])),
+        "samples_per_s": float(np.median([e.metrics["samples_per_s"] for e in result.epochs])),
         "peak_memory_mb": float(max(e.metrics["peak_memory_mb"] for e in result.epochs)),
         "trainable_params": float(result.epochs[-1].metrics["trainable_params"]),
         "best_epoch": float(result.best_epoch),

@@ -1,0 +1,120 @@
+"""End to end on a tiny local model: confirmation seeds, a labelled held-out test split, trial health flags and
+duplicate skipping, through the CLI (run → report → predict)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+from e2e_helpers import make_dataset, make_tiny_model, write_study
+from mlflow.tracking import MlflowClient
+
+from sweeps.cli import main
+from sweeps.errors import SweepsError
+from sweeps.predict import load_best
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("answers")
+    data = make_dataset(root / "data")
+    held_out = make_dataset(root / "held_out", seed=11)
+    shutil.copy(held_out / "validation.csv", data / "test_labelled.csv")  # id,text,label: a labelled test split
+    return make_tiny_model(root / "model"), data
+
+
+def _load(out: Path) -> optuna.Study:
+    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
+
+
+def test_confirmation_seeds_and_held_out_test(assets: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = assets
+    study_file = write_study(
+        tmp_path / "study.yaml",
+        model,
+        data,
+        task={"data": {"train": str(data / "train.csv"), "validation": str(data / "validation.csv"),
+                       "test": str(data / "test_labelled.csv"), "id_column": "id", "max_test_rows": 15}},
+        strategies=[{"name": "none"}, {"name": "bottom_n", "params": {"n": 1}}],
+        optuna={"n_trials": 2, "pruner": "none", "confirm": {"top_k": 1, "seeds": 2}},
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(study_file), "--output", str(out)]) == 0
+
+    study = _load(out)
+    trials = study.get_trials()
+    search = [t for t in trials if "confirm_of" not in t.user_attrs]
+    confirm = [t for t in trials if "confirm_of" in t.user_attrs]
+    assert len(search) == 2 and all(t.state.name == "COMPLETE" for t in search)
+    # top_k 1 plus the best none, each retrained with one more seed (2 seeds in all); not counted in n_trials
+    finalists = {t.user_attrs["confirm_of"] for t in confirm}
+    assert len(confirm) == len(finalists) and {t.number for t in search if t.user_attrs["strategy"] == "none"} <= (
+        finalists
+    )
+    for t in confirm:
+        origin = next(s for s in search if s.number == t.user_attrs["confirm_of"])
+        assert t.params == origin.params and t.user_attrs["seed"] == origin.user_attrs["seed"] + 1
+        assert t.user_attrs["config_key"] != origin.user_attrs["config_key"]
+    for t in trials:
+        assert isinstance(t.user_attrs["learned"], bool) and isinstance(t.user_attrs["degenerate"], bool)
+
+    # held-out test: every confirmation trial and the best trial, once, on max_test_rows rows
+    tests = {int(k.split(".")[1]): v for k, v in study.user_attrs.items() if k.startswith("test.")}
+    best = json.loads((out / "models" / "best.json").read_text())["trial"]
+    assert {t.number for t in confirm} | {best} == set(tests)
+    assert all(v["rows"] == 15 and 0.0 <= v["accuracy"] <= 1.0 for v in tests.values())
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny").experiment_id
+    runs = {r.data.tags["optuna.trial_number"]: r for r in client.search_runs([exp])
+            if r.data.tags.get("sweeps.role") == "trial"}
+    assert len(runs) == len(trials)
+    for number in tests:
+        assert "test/accuracy" in runs[str(number)].data.metrics
+    for run in runs.values():
+        assert run.data.tags["sweeps.learned"] in ("true", "false")
+        assert run.data.tags["sweeps.degenerate"] in ("true", "false")
+
+    lines = (out / "report" / "recommendation.txt").read_text()
+    assert "Held-out test (15 rows" in lines and "Seeds (mean ± std over 2)" in lines
+
+    assert main(["report", str(study_file), "--output", str(out), "--format", "json"]) == 0
+
+    # predict with any trial whose model is kept (the best one), and a clear error for one that is not
+    assert main(["predict", str(study_file), "--output", str(out), "--trial", str(best)]) == 0
+    assert (out / "submission.csv").is_file()
+    other = next(t.number for t in search if t.number != best)
+    with pytest.raises(SweepsError, match=f"trial {other} has no saved model"):
+        load_best(out, trial=other)
+
+
+def test_duplicates_are_not_trained_again(assets: tuple[Path, Path], tmp_path: Path) -> None:
+    """A one-configuration space: the first trial trains, the sampler can only propose it again, and the search stops
+    after a few duplicate proposals without training any of them or counting them toward n_trials."""
+    model, data = assets
+    study_file = write_study(
+        tmp_path / "study.yaml", model, data, strategies=[{"name": "none"}], optuna={"n_trials": 3, "pruner": "none"}
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(study_file), "--output", str(out)]) == 0
+    trials = _load(out).get_trials()
+    trained = [t for t in trials if "duplicate_of" not in t.user_attrs]
+    duplicates = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert len(trained) == 1 and len(duplicates) == 5
+    assert all(t.user_attrs["duplicate_of"] == 0 and t.value == trained[0].value for t in duplicates)
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny").experiment_id
+    assert len([r for r in client.search_runs([exp]) if r.data.tags.get("sweeps.role") == "trial"]) == 1
+
+
+def test_a_gradual_schedule_that_cannot_finish_is_refused(assets: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    model, data = assets
+    study_file = write_study(tmp_path / "study.yaml", model, data, strategies=[{"name": "gradual"}])
+    assert main(["validate", str(study_file), "--model", "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "strategies[0].params" in err and "use epochs >= 4" in err

@@ -1,0 +1,62 @@
+"""Each trial is pruned against its own strategy's trials only."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sweeps.study.pruning import PerStrategyPruner
+
+
+def _finished(study: optuna.Study, strategy: str, curve: list[float]) -> None:
+    trial = study.ask({"strategy": optuna.distributions.CategoricalDistribution(["none", "bottom_n"])})
+    trial.set_user_attr("strategy", strategy)
+    for step, value in enumerate(curve):
+        trial.report(value, step)
+        trial.should_prune()  # successive halving records its rungs here
+    study.tell(trial, curve[-1])
+
+
+def _running(study: optuna.Study, strategy: str, value: float, step: int = 0) -> optuna.Trial:
+    trial = study.ask()
+    trial.set_user_attr("strategy", strategy)
+    trial.report(value, step)
+    return trial
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [lambda: optuna.pruners.MedianPruner(n_startup_trials=2), lambda: optuna.pruners.PercentilePruner(50.0, 2)],
+)
+def test_frozen_body_trial_is_judged_against_its_own_strategy(inner):
+    plain = optuna.create_study(direction="maximize", pruner=inner())
+    fair = optuna.create_study(direction="maximize", pruner=PerStrategyPruner(inner()))
+    for study in (plain, fair):
+        for curve in ([0.80, 0.85], [0.82, 0.86]):
+            _finished(study, "none", curve)
+        for curve in ([0.55, 0.84], [0.60, 0.85]):
+            _finished(study, "bottom_n", curve)
+    # a head-only trial at 0.62 after epoch 1: below full fine-tuning's median, above its own kind's
+    assert _running(plain, "bottom_n", 0.62).should_prune()
+    assert not _running(fair, "bottom_n", 0.62).should_prune()
+    # and it is still pruned when it is worse than its own kind
+    assert _running(fair, "bottom_n", 0.50).should_prune()
+
+
+def test_a_strategy_without_finished_trials_is_not_pruned():
+    study = optuna.create_study(direction="maximize", pruner=PerStrategyPruner(optuna.pruners.MedianPruner(0)))
+    _finished(study, "none", [0.9, 0.95])
+    trial = _running(study, "gradual", 0.1)
+    assert not trial.should_prune()
+    study.tell(trial, state=TrialState.PRUNED)
+
+
+def test_successive_halving_works_through_the_view():
+    study = optuna.create_study(
+        direction="maximize", pruner=PerStrategyPruner(optuna.pruners.SuccessiveHalvingPruner(min_resource=1))
+    )
+    for value in (0.9, 0.8, 0.7):
+        _finished(study, "none", [value, value])
+    assert _running(study, "none", 0.1, step=1).should_prune()
+    assert not _running(study, "embeddings", 0.1, step=1).should_prune()
