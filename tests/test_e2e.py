@@ -89,7 +89,7 @@ def test_run_logs_every_trial_to_mlflow_and_resumes(assets: tuple[Path, Path], t
 
 def _check_parent_has_best(client: MlflowClient, out: Path, parent_id: str, trials: list) -> None:
     """The parent run shows the best trial (by the report's rule) and its model is an MLflow Logged Model."""
-    from sweeps.report.table import best_trial_number
+    from sweeps.report.verdict import best_trial_number
 
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
     number = best_trial_number(study)
