@@ -1,4 +1,4 @@
-"""Command line: ``python -m sweeps {run,validate,report,inspect,list-strategies,predict}``.
+"""Command line: ``python -m sweeps {run,validate,report,inspect,list-strategies,predict,dashboard}``.
 
 Exit codes scripts can rely on: 0 success, 1 the run failed (e.g. no trial completed, a ``--workers`` worker died),
 2 invalid input (study file, arguments, data, model; nothing was run), 130 interrupted by Ctrl-C and 143 by SIGTERM
@@ -105,7 +105,7 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sweeps", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sweeps", description=__doc__.split("\n")[0].replace("``", ""))
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,7 +143,24 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default=None, help="output CSV (default: <study folder>/submission.csv)")
     predict.add_argument("--proba", action="store_true", help="write class probabilities instead of labels")
     predict.add_argument("--trial", type=int, default=None, help="use this trial's saved model instead of the best")
+
+    dash = sub.add_parser("dashboard", help="optuna-dashboard and the MLflow UI on the study's stores (127.0.0.1)")
+    _add_spec_args(dash)
+    dash.add_argument("--port", type=int, default=8080, help="optuna-dashboard port (default 8080)")
+    dash.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port (default 5000)")
+    dash.add_argument("--no-optuna", action="store_true", help="do not start optuna-dashboard")
+    dash.add_argument("--no-mlflow", action="store_true", help="do not start the MLflow UI")
     return parser
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from sweeps.dashboard import plan_servers, serve
+
+    spec = _load(args)
+    _setup_logging(None, args.quiet, args.verbose)
+    servers = plan_servers(spec, spec.output_dir, None if args.no_optuna else args.port,
+                           None if args.no_mlflow else args.mlflow_port)
+    return serve(servers)
 
 
 def _load(args: argparse.Namespace):
@@ -281,7 +298,9 @@ def _summary(runner: StudyRunner, out: Path, report: bool) -> None:
         page = f"{uri}/#/experiments/{runner.tracker.experiment_id}/runs"
         lines.append(f"MLflow: open {page}  (experiment {experiment!r})")
     else:
-        lines.append(f"MLflow: mlflow ui --backend-store-uri {uri}  (experiment {experiment!r})")
+        lines.append(f"MLflow: {sys.executable} -m mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+                     f"  (experiment {experiment!r})")
+        lines.append(f"dashboards: python -m sweeps dashboard {runner.spec.source_path} --output {out}")
     if report_path:
         lines.append(f"report: {report_path}")
     lines.append(f"study folder: {out}")
@@ -489,6 +508,7 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "list-strategies": cmd_list_strategies,
     "predict": cmd_predict,
+    "dashboard": cmd_dashboard,
 }
 
 

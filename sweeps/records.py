@@ -61,6 +61,8 @@ class Tag:
     FAIL_REASON = "sweeps.fail_reason"
     PRUNE_REASON = "sweeps.prune_reason"
     BEST_MODEL = "sweeps.best_model"
+    MODEL_URI = "sweeps.model_uri"  # the best trial's MLflow Logged Model (models:/<id>)
+    BEST_PREFIX = "sweeps.best."  # on the parent run: trial, strategy, param.<name> of the best trial so far
     TRIAL_NUMBER = "optuna.trial_number"
     FROZEN_VERIFIED = "frozen_params_verified"
     LEARNED = "sweeps.learned"  # false: at or below chance, never evidence against its strategy

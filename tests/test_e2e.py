@@ -60,6 +60,9 @@ def test_run_logs_every_trial_to_mlflow_and_resumes(assets: tuple[Path, Path], t
     full = next(r for r in trials if r.data.tags["sweeps.strategy"] == "none")
     assert bottom.data.metrics["trainable_params"] < full.data.metrics["trainable_params"]
     assert bottom.data.metrics["lr/embeddings"] == 0.0
+    for run in trials:
+        assert not [k for k in run.data.metrics if k.startswith("final/")], "single-bar final/* charts are back"
+    _check_parent_has_best(client, out, parent_id, trials)
 
     # resume: raising n_trials continues the same study and the same parent run
     assert main(["run", str(study), "--output", str(out), "--set", "optuna.n_trials=3"]) == 0
@@ -69,11 +72,39 @@ def test_run_logs_every_trial_to_mlflow_and_resumes(assets: tuple[Path, Path], t
     runs = client.search_runs([exp])
     assert len([r for r in runs if r.data.tags.get("sweeps.role") == "study"]) == 1
     assert len([r for r in runs if r.data.tags.get("sweeps.role") == "trial"]) == 3
-    assert json.loads((out / "models" / "best.json").read_text())["trial"] in {0, 1, 2}
+    assert json.loads((out / "models" / "best.json").read_text())["trial"] in {t.number for t in trained}
+    trials = [r for r in runs if r.data.tags.get("sweeps.role") == "trial"]
+    _check_parent_has_best(client, out, parent_id, trials)
+    complete = [t for t in loaded.trials if t.state.name == "COMPLETE"]
+    assert [h.step for h in client.get_metric_history(parent_id, "best_trial")][-1] == len(complete)  # per trial
+    assert loaded.metric_names == ["accuracy"]  # optuna-dashboard's axis name, not "Objective 0"
+
+    # nothing left to do: said so, nothing run
+    assert main(["run", str(study), "--output", str(out), "--set", "optuna.n_trials=3", "--no-report"]) == 0
+    assert "study complete: 3 of 3 trials; nothing to run" in (out / "sweeps.log").read_text()
 
     # report prints the comparison table
     assert main(["report", str(study), "--output", str(out), "--format", "csv"]) == 0
     assert (out / "report" / "index.html").exists()
+
+
+def _check_parent_has_best(client: MlflowClient, out: Path, parent_id: str, trials: list) -> None:
+    """The parent run shows the best trial (by the report's rule) and its model is an MLflow Logged Model."""
+    from sweeps.report.verdict import best_trial_number
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
+    number = best_trial_number(study)
+    parent = client.get_run(parent_id)
+    best = next(r for r in trials if r.data.tags["optuna.trial_number"] == str(number))
+    assert parent.data.tags["sweeps.best.trial"] == str(number)
+    assert parent.data.tags["sweeps.best.strategy"] == best.data.tags["sweeps.strategy"]
+    assert parent.data.metrics["best_trial"] == number
+    for name in CONTRACT:
+        assert parent.data.metrics[name] == pytest.approx(best.data.metrics[name]), name
+    assert best.data.tags.get("sweeps.best_model") == "true"
+    models = client.search_logged_models([parent.info.experiment_id])
+    assert best.info.run_id in {m.source_run_id for m in models}
+    assert best.data.tags["sweeps.model_uri"].startswith("models:/")
 
 
 def test_one_trial_pruned(assets: tuple[Path, Path], tmp_path: Path) -> None:

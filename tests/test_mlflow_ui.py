@@ -3,7 +3,8 @@
 A real ``mlflow server`` (SQLite database backend, proxied artifacts in tmp) on a free loopback port; a tiny study
 (2 trials, 2 epochs) run with ``python -m sweeps run ... --set tracking.uri=http://127.0.0.1:PORT``; then the UI in
 headless Chromium (Playwright driving the system ``chromium``): the runs table with the parent expanded and the metric
-columns added, and each trial's run page. Screenshots go to ``test-artifacts/mlflow_ui/``.
+columns added, each trial's run page, the parent run's page (the best trial's metrics) and the report inside MLflow's
+artifact view, with every embedded plot decoded by the browser. Screenshots go to ``test-artifacts/mlflow_ui/``.
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ def test_mlflow_ui_lists_parent_nested_trials_and_metrics(chromium: str, tmp_pat
                     _check_runs_table(page, server.url, experiment.experiment_id, parent, trials, shots)
                     for trial in trials:
                         _check_run_page(page, server.url, experiment.experiment_id, parent, trial, shots)
+                    best = next(t for t in trials
+                                if t.data.tags["optuna.trial_number"] == parent.data.tags["sweeps.best.trial"])
+                    _check_parent_run_page(page, server.url, experiment.experiment_id, parent, best, shots)
+                    _check_report_in_artifact_view(page, server.url, experiment.experiment_id, parent, shots)
                 except Exception as exc:
                     with contextlib.suppress(Exception):
                         page.screenshot(path=str(shots / "failure.png"), full_page=True)
@@ -190,3 +195,44 @@ def _check_run_page(page: Any, url: str, exp_id: str, parent: Any, trial: Any, s
     table.scroll_into_view_if_needed()
     page.wait_for_timeout(300)
     page.screenshot(path=str(shots / f"03_run_page_{trial.info.run_name}.png"))
+
+
+def _metric_rows_match(page: Any, metrics: dict[str, float], who: str) -> None:
+    """The run page's metrics table: a row per metric, name (a link) then value, equal to ``metrics``."""
+    for name in UI_METRICS:
+        link = page.get_by_role("link", name=name, exact=True)
+        row = page.locator('[role="row"]').filter(has=link).first
+        row.wait_for()
+        shown = row.locator('[role="cell"]').nth(1).inner_text().strip()
+        assert _close(shown, metrics[name]), (who, name, shown, metrics[name])
+
+
+def _check_parent_run_page(page: Any, url: str, exp_id: str, parent: Any, best: Any, shots: Path) -> None:
+    """The study's parent run shows the best trial's metrics (not an empty metrics table)."""
+    page.goto(f"{url}/#/experiments/{exp_id}/runs/{parent.info.run_id}")
+    page.get_by_text(parent.info.run_name, exact=True).first.wait_for()
+    _dismiss_assistant(page)
+    _metric_rows_match(page, best.data.metrics, "parent run")
+    page.get_by_text("sweeps.best.strategy").first.wait_for()
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(shots / "04_parent_run_best_trial.png"), full_page=True)
+
+
+def _check_report_in_artifact_view(page: Any, url: str, exp_id: str, parent: Any, shots: Path) -> None:
+    """report/index.html opened in the parent run's artifact view renders with its plots (embedded: a relative
+    image link would 404 there)."""
+    page.goto(f"{url}/#/experiments/{exp_id}/runs/{parent.info.run_id}/artifacts/report/index.html")
+    _dismiss_assistant(page)
+    frame = page.frame_locator("iframe").first
+    frame.locator("h2", has_text="Recommendation").wait_for()
+    images = frame.locator("figure img")
+    images.first.wait_for()
+    assert images.count() >= 5, images.count()
+    for i in range(images.count()):
+        img = images.nth(i)
+        img.scroll_into_view_if_needed()
+        loaded = img.evaluate("el => el.complete && el.naturalWidth > 0")
+        assert loaded, f"plot {img.get_attribute('alt')!r} did not render in the artifact view"
+    frame.locator("figure").first.scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(shots / "05_report_in_artifact_view.png"))

@@ -6,6 +6,7 @@ states can be recomputed here from the inputs — the point of the recommendatio
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -49,6 +50,9 @@ PNGS = [
     "learning_curves.png",
     "optimization_history.png",
     "param_importances.png",
+    "parallel_coordinates.png",
+    "freeze_schedule.png",
+    "lr_per_group.png",
 ]
 
 
@@ -82,7 +86,7 @@ def _metrics(
 def _write_epochs(out: Path, number: int, final: float) -> None:
     epochs = [
         {"epoch": e, "accuracy": final - 0.05 * (EPOCHS - 1 - e), "eval_loss": 1.2 - final + 0.05 * (EPOCHS - 1 - e),
-         "lr/head": 1e-4, "lr/layer.0": 5e-5}
+         "lr/embeddings": 0.0 if e == 0 else 2e-5, "lr/layer.0": 5e-5, "lr/head": 1e-4}
         for e in range(EPOCHS)
     ]
     (out / "trials").mkdir(parents=True, exist_ok=True)
@@ -186,7 +190,11 @@ def test_report_files(report: tuple[Path, Any, str, Path]) -> None:
         assert f"{strategy}</td>" in text, strategy
     for png in PNGS:
         assert_png(out / "report" / png)
-        assert f'src="{png}"' in text
+        # embedded, so it renders from MLflow's artifact view and when mailed: the data URI is the file itself
+        match = re.search(rf'<figure data-file="{re.escape(png)}"><img src="data:image/png;base64,([^"]+)"', text)
+        assert match, png
+        assert base64.b64decode(match.group(1)) == (out / "report" / png).read_bytes(), png
+    assert 'src="' not in re.sub(r'src="data:[^"]*"', "", text), "a linked (not embedded) resource"
     assert "pareto_front.png" not in text  # single objective
     assert "<style>" in text and "out of memory: CUDA" in text
     csv = pd.read_csv(out / "report" / "trials.csv")
@@ -252,7 +260,7 @@ def test_single_and_zero_completed(tmp_path: Path) -> None:
     assert "Only one trial completed: there is nothing to compare it with yet." in lines
     index = write_report(make_spec(), tmp_path / "single", study=single)
     assert "bottom_n (n=3): accuracy 0.8000" in index.read_text()
-    assert "metric_vs_bottom_n.png" in index.read_text()
+    assert 'data-file="metric_vs_bottom_n.png"' in index.read_text()
 
 
 def test_minimize_metric(tmp_path: Path) -> None:
@@ -288,7 +296,9 @@ def test_multi_objective_pareto(tmp_path: Path) -> None:
     spec = make_spec(objectives=[SimpleNamespace(metric="accuracy", direction="maximize"),
                                  SimpleNamespace(metric="peak_memory_mb", direction=None)])
     index = write_report(spec, tmp_path, study=study)
-    assert_png(tmp_path / "report" / "pareto_front.png")
+    # accuracy vs peak memory is the "metric vs peak memory" plot (with its front): not drawn twice
+    assert not (tmp_path / "report" / "pareto_front.png").exists()
+    assert_png(tmp_path / "report" / "metric_vs_peak_memory.png")
     lines = (tmp_path / "report" / "recommendation.txt").read_text().splitlines()
     # non-dominated on (accuracy up, memory down): 2 (best), 3 and 4 (cheaper), nothing else
     assert sentence(lines, "3 trials are Pareto-optimal").endswith("trials 2, 3, 4.")
@@ -305,6 +315,70 @@ def test_logs_to_parent_run(report: tuple[Path, Any, str, Path]) -> None:
     assert {f"report/{f}" for f in expected} <= inside
     stored = Path(tracker.client.download_artifacts(parent, "report/index.html", str(out / "dl")))
     assert stored.read_text() == (out / "report" / "index.html").read_text()
+
+
+# -- plots that tell what happened ----------------------------------------------------------------------------------
+def _figure_axes(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Capture each saved figure by file name, to check what was drawn (not only that a PNG exists)."""
+    from sweeps.report import plots
+
+    figures: dict[str, Any] = {}
+    real = plots._save
+
+    def save(fig: Any, path: Path) -> None:
+        figures[path.name] = fig
+        real(fig, path)
+
+    monkeypatch.setattr(plots, "_save", save)
+    import sweeps.report.schedule_plots as sp
+
+    monkeypatch.setattr(sp, "_save", save)
+    return figures
+
+
+def test_schedule_heatmap_and_lr_plot_show_the_best_trial_of_each_strategy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    figures = _figure_axes(monkeypatch)
+    study = build_study(tmp_path)
+    write_report(make_spec(), tmp_path, study=study)
+    heat = figures["freeze_schedule.png"]
+    panels = [ax for ax in heat.axes if ax.get_visible() and ax.get_images()]
+    assert sorted(ax.get_title() for ax in panels) == [
+        "bottom_n (trial 2)", "discriminative (trial 5)", "embeddings (trial 1)", "none (trial 0)"]
+    cells = panels[0].get_images()[0].get_array()  # groups × epochs; frozen cells are masked (grey)
+    assert cells.shape == (3, EPOCHS)
+    assert bool(cells.mask[0, 0]) and not cells.mask[0, 1:].any()  # embeddings frozen in epoch 1 only
+    assert cells[2, 0] == pytest.approx(1.0) and cells[1, 0] == pytest.approx(0.5)  # LR relative to the head's
+    lr = figures["lr_per_group.png"]
+    panel = next(ax for ax in lr.axes if ax.get_title() == "bottom_n (trial 2)")
+    lines = {line.get_label(): line.get_ydata() for line in panel.get_lines()}
+    assert list(lines["head"]) == pytest.approx([1e-4] * EPOCHS)
+    assert np.isnan(lines["embeddings"][0]) and lines["embeddings"][1] == pytest.approx(2e-5)
+
+
+def test_one_distinct_value_is_not_drawn_as_a_range(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    figures = _figure_axes(monkeypatch)
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("objectives", ["accuracy"])
+    for acc, mem in ((0.80, 650.0), (0.82, 651.5), (0.78, 652.0)):
+        params, dists = _params("bottom_n", {"n": 4}, 1e-4)
+        attrs = {"strategy": "bottom_n", **_metrics(acc, 2.0 + acc, mem, 1000)}
+        study.add_trial(create_trial(value=acc, params=params, distributions=dists, user_attrs=attrs))
+    params, dists = _params("none", {}, 1e-4)
+    study.add_trial(create_trial(value=0.81, params=params, distributions=dists,
+                                 user_attrs={"strategy": "none", **_metrics(0.81, 3.0, 651.0, 2000)}))
+    index = write_report(make_spec(), tmp_path, study=study)
+    ax = figures["metric_vs_bottom_n.png"].axes[0]
+    assert list(ax.get_xticks()) == [4.0]  # one sampled n: one tick, not 3.80 … 4.20
+    assert "mean per n" not in [line.get_label() for line in ax.get_lines()]
+    assert "Only one n was sampled" in index.read_text()
+    box = figures["metric_by_strategy.png"].axes[0]
+    xs = [x for line in box.get_lines() for x in line.get_xdata()]
+    assert xs and all(0.5 < x < 1.5 for x in xs)  # a box at bottom_n (3 trials, position 1), none for "none" (1)
+    mem = figures["metric_vs_peak_memory.png"].axes[0]
+    assert "Pareto front" not in [c.get_label() for c in mem.collections]  # 2 MB spread: noise, no front
+    assert "no Pareto front is drawn" in index.read_text()
 
 
 def test_report_calls_a_small_gap_a_tie_from_stored_predictions_and_shows_the_test_split(tmp_path: Path) -> None:

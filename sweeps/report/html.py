@@ -1,10 +1,13 @@
-"""The report folder: ``index.html`` (inline CSS, plots as PNG files next to it, so it opens from disk and
-logs to MLflow as it is), ``trials.csv``, ``trials.md``, ``best_per_strategy.csv`` and
-``recommendation.txt``.
+"""The report folder: ``index.html``, ``trials.csv``, ``trials.md``, ``best_per_strategy.csv``, ``recommendation.txt``
+and the plots as PNG files.
+
+``index.html`` is self-contained (inline CSS, plots embedded as ``data:`` URIs): MLflow's artifact view serves each
+artifact on its own URL, so relative image links broke there, and a mailed report has no folder next to it.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import logging
 import time
@@ -29,8 +32,10 @@ from sweeps.report.plots import (
     _plot_history,
     _plot_importances,
     _plot_pareto_objectives,
+    plot_parallel_coordinates,
 )
 from sweeps.report.recommend import prediction_reader, recommendation
+from sweeps.report.schedule_plots import plot_freeze_schedule, plot_lr_per_group
 from sweeps.report.table import (
     _display,
     all_test_metrics,
@@ -79,12 +84,17 @@ def _html_table(table: pd.DataFrame) -> str:
     return f'<div class="wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
-def _html_plot(plot: _Plot) -> str:
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _html_plot(plot: _Plot, folder: Path) -> str:
     note = f'<p class="note">{html.escape(plot.note)}</p>' if plot.note else ""
     if plot.file is None:
         return f"<h3>{html.escape(plot.title)}</h3>{note or '<p class=note>Not drawn.</p>'}"
     return (
-        f'<figure><img src="{html.escape(plot.file)}" alt="{html.escape(plot.title)}">'
+        f'<figure data-file="{html.escape(plot.file)}"><img src="{_data_uri(folder / plot.file)}" '
+        f'alt="{html.escape(plot.title)}">'
         f"<figcaption>{html.escape(plot.title)}</figcaption>{note}</figure>"
     )
 
@@ -108,7 +118,7 @@ def _render(
     pareto_html = ""
     if pareto_rows is not None:
         pareto_html = f"<h2>Pareto-optimal trials ({html.escape(objectives)})</h2>{_html_table(pareto_rows)}"
-    figures = "".join(_html_plot(p) for p in plots)
+    figures = "".join(_html_plot(p, ctx.out) for p in plots)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(str(spec.name))} — freeze-sweeps report</title>
 <style>{_CSS}</style></head><body>
@@ -152,7 +162,10 @@ def write_report(
         _plot_by_strategy(ctx),
         _plot_bottom_n(ctx),
         _plot_curves(ctx, out),
+        plot_freeze_schedule(ctx, out),
+        plot_lr_per_group(ctx, out),
         _plot_history(ctx),
+        plot_parallel_coordinates(ctx),
     ]
     importance_plot, importances = _plot_importances(ctx)
     plots.append(importance_plot)
@@ -160,7 +173,8 @@ def write_report(
     pareto_rows = None
     if len(objectives) > 1:
         pareto_plot, pareto = _plot_pareto_objectives(ctx)
-        plots.append(pareto_plot)
+        if pareto_plot.file:
+            plots.append(pareto_plot)
         pareto_rows = table[table["number"].isin(pareto)] if len(table) else table
     made = {p.file for p in plots if p.file}
     for name in PLOT_FILES:  # a plot that is not drawn this time must not linger from an earlier report

@@ -7,6 +7,7 @@ Names and paths come from :mod:`sweeps.records`; the report and ``predict`` read
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -25,10 +26,13 @@ from sweeps.records import (
     epochs_file,
     metric_attr,
     predictions_file,
+    trial_metrics,
     trial_model_dir,
 )
 from sweeps.report.verdict import best_trial_number
 from sweeps.track import Tracker
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from sweeps.train import EpochResult, TrialOutcome
@@ -66,7 +70,6 @@ def record_outcome(
     last = len(outcome.epochs) - 1
     final = dict(outcome.metrics)
     tracker.log_metrics(run_id, final, step=max(last, 0))
-    tracker.log_metrics(run_id, {f"final/{k}": v for k, v in final.items()}, step=0)
     for k, v in outcome.metrics.items():
         trial.set_user_attr(metric_attr(k), v)
     trial.set_user_attr(TrialAttr.FROZEN_VERIFIED, outcome.frozen_params_verified)
@@ -119,7 +122,38 @@ def keep_if_best(
         remove_dir(trial_model_dir(out, previous))
     if run_id and model_dir.exists():
         tracker.set_tags(run_id, {Tag.BEST_MODEL: "true"})
-        tracker.log_dir(run_id, model_dir, Artifact.MODEL)
+        _log_model(tracker, run_id, model_dir)
+
+
+def _log_model(tracker: Tracker, run_id: str, model_dir: Path) -> None:
+    """The best model as an MLflow transformers model (a Logged Model); the plain folder if the flavour fails
+    (CV trials save one folder per fold, which is no single pipeline)."""
+    try:
+        if (model_dir / "config.json").exists():
+            uri = tracker.log_transformers_model(run_id, model_dir, Artifact.MODEL)
+            tracker.set_tags(run_id, {Tag.MODEL_URI: uri or ""})
+            return
+    except Exception as exc:
+        log.warning("best model not logged with the MLflow transformers flavour (%s); logging the folder", exc)
+    tracker.log_dir(run_id, model_dir, Artifact.MODEL)
+
+
+def log_best_to_parent(study: optuna.Study, tracker: Tracker, parent_run_id: str | None) -> None:
+    """The best trial's metrics, number, strategy and parameters on the parent run, refreshed after each trial."""
+    if not parent_run_id:
+        return
+    number = best_trial_number(study)
+    if number is None:
+        return
+    best = study.trials[number]
+    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    try:
+        tracker.log_best(
+            parent_run_id, number, str(best.user_attrs.get(TrialAttr.STRATEGY, "?")),
+            {k: v for k, v in best.params.items() if k != "strategy"}, trial_metrics(best.user_attrs), step=complete,
+        )
+    except Exception as exc:  # the study's record is Optuna's; the parent run is a view of it
+        log.warning("best trial %s not logged to the MLflow parent run: %s", number, exc)
 
 
 def _write_predictions(path: Path, outcome: TrialOutcome, label_names: list[str]) -> None:

@@ -144,6 +144,8 @@ class StudyRunner:
         n_trials = self.spec.optuna.n_trials
         deadline = time.monotonic() + self.spec.optuna.timeout if self.spec.optuna.timeout else None
         reports = []
+        if n_trials is not None and (used := budget_used(self.study)) >= n_trials:
+            self.say(f"study complete: {used} of {n_trials} trials; nothing to run")
         while True:
             if n_trials is not None and budget_used(self.study) >= n_trials:
                 break
@@ -404,7 +406,7 @@ class StudyRunner:
     def _complete(
         self, trial: optuna.Trial, params: TrialParams, run_id: str | None, outcome: TrialOutcome
     ) -> TrialReport:
-        from sweeps.study.artifacts import keep_if_best, record_outcome
+        from sweeps.study.artifacts import keep_if_best, log_best_to_parent, record_outcome
 
         assert self.ctx is not None
         values = [outcome.metrics[m] for m in self.spec.objective_metrics]
@@ -424,6 +426,7 @@ class StudyRunner:
         self.tracker.end_run(run_id, "FINISHED")
         max_length = self.spec.task.max_length
         keep_if_best(self.study, self.tracker, trial.number, run_id, out=self.output, max_length=max_length)
+        log_best_to_parent(self.study, self.tracker, self.parent_run_id)
         m, metric = outcome.metrics, self.spec.task.metric
         self.say(
             f"trial {trial.number}: complete: {metric}={m[metric]:.4f} "

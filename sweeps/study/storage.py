@@ -196,6 +196,7 @@ def open_study(spec: StudySpec) -> optuna.Study:
             "way that makes old and new trials incomparable). Use a new study name (--set name=...) or a new "
             "--output folder; harmless changes such as optuna.n_trials are accepted.",
         )
+    _name_metrics(study, list(spec.objective_metrics))
     return study
 
 
@@ -204,3 +205,15 @@ def _has_finished_trials(study: optuna.Study) -> bool:
     return any(
         t.state.is_finished() and not t.user_attrs.get(TrialAttr.SURPLUS) for t in study.get_trials(deepcopy=False)
     )
+
+
+def _name_metrics(study: optuna.Study, names: list[str]) -> None:
+    """Objective names for optuna-dashboard and ``trials_dataframe`` (else "Objective 0"); set on resume too, so
+    studies created before this existed get them."""
+    import warnings
+
+    if study.metric_names == names:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)

@@ -7,7 +7,10 @@ resume logs under the same parent.
 
 Metric names are a contract (see README): ``accuracy``, ``f1_macro``, ``f1_weighted``, ``eval_loss``, ``train_loss``,
 ``epoch_time_s``, ``eval_time_s``, ``samples_per_s``, ``peak_memory_mb``, ``trainable_params``, ``lr/<group>``; per
-epoch with ``step = epoch``, and the trial's final values under the same names at the last step plus ``final/<name>``.
+epoch with ``step = epoch``, and the trial's final values under the same names at the last step (no ``final/<name>``
+copies: a dozen single-bar charts buried the per-epoch series that are a trial run's main charts). The parent run
+carries the best trial's metrics under the same names (``step`` = completed trials so far), so the experiment's chart
+view compares studies without expanding them; its number, strategy and parameters are tags ``sweeps.best.*``.
 """
 
 from __future__ import annotations
@@ -149,6 +152,49 @@ class Tracker:
         if not self.enabled or run_id is None:
             return
         self.client.set_terminated(run_id, status=status)
+
+    def log_best(
+        self, parent_id: str | None, number: int, strategy: str, params: Mapping[str, Any],
+        metrics: Mapping[str, float], step: int,
+    ) -> None:
+        """The best trial so far on the parent run: metrics under their own names plus ``best_trial``, and tags.
+        Tags, not params, because MLflow params are immutable and the best trial changes as trials finish."""
+        if not self.enabled or parent_id is None:
+            return
+        self.log_metrics(parent_id, {**metrics, "best_trial": float(number)}, step=step)
+        from sweeps.records import Tag
+
+        tags = {Tag.BEST_PREFIX + "trial": number, Tag.BEST_PREFIX + "strategy": strategy}
+        tags.update({f"{Tag.BEST_PREFIX}param.{k}": v for k, v in params.items()})
+        self.set_tags(parent_id, tags)
+
+    def log_transformers_model(self, run_id: str | None, model_dir: Path, name: str = "model") -> str | None:
+        """Log a saved classifier with MLflow's ``transformers`` flavour (a text-classification pipeline), so it is a
+        Logged Model of the run: registrable, loadable with ``mlflow.pyfunc.load_model`` and servable with ``mlflow
+        models serve``. The path form of ``log_model`` fails under transformers 5, hence the pipeline. ``log_model``
+        only knows the fluent active run, so the run is resumed for the call and the tracking URI restored after."""
+        if not self.enabled or run_id is None:
+            return None
+        import mlflow
+        import torch
+        import transformers
+
+        pipe = transformers.pipeline("text-classification", model=str(model_dir), tokenizer=str(model_dir))
+        requirements = [f"transformers=={transformers.__version__}", f"torch=={torch.__version__.split('+')[0]}"]
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(self.uri)
+        flavour_log = logging.getLogger("mlflow.transformers")
+        level = flavour_log.level
+        flavour_log.setLevel(logging.ERROR)  # "model card not on the Hub": a local fine-tune has none, by design
+        try:
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.transformers.log_model(
+                    transformers_model=pipe, name=name, task="text-classification", pip_requirements=requirements
+                )
+        finally:
+            flavour_log.setLevel(level)
+            mlflow.set_tracking_uri(previous)
+        return info.model_uri
 
     # -- artifacts ------------------------------------------------------------------------------------------------
     def log_text(self, run_id: str | None, text: str, artifact_file: str) -> None:

@@ -10,13 +10,19 @@ Per epoch it reports: ``train_loss``, ``eval_loss``, ``accuracy``, ``f1_macro``,
 ``trainable_params`` and ``lr/<group>`` for every layer group, to the :class:`EpochObserver` it is given; the
 observer may answer with a reason to stop (the study's pruner), and the loop then stops and returns. The loop knows
 nothing of Optuna or MLflow.
+
+``lr/<group>`` is the mean LR the group trained at over the epoch's optimizer steps (0 while frozen). Read at epoch
+end instead, a linear decay reads 0 in the last epoch, and a group that gradual unfreezing opened in that epoch would
+look as if it never trained.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +35,8 @@ from strategies import FreezeController, LayerMap, Strategy, frozen_prefix_depth
 from sweeps.metrics import classification_metrics, is_better
 from sweeps.train.forward import DirectForward, ForwardRunner
 from sweeps.train.memory import PeakMemory
+
+log = logging.getLogger("sweeps.train.progress")
 
 
 class TrialDiverged(RuntimeError):
@@ -50,6 +58,7 @@ class LoopConfig:
     metric: str = "accuracy"
     divergence_factor: float = 10.0
     group_by_length: bool = False
+    progress_interval_s: float = 30.0  # progress lines without a terminal: at most one per this many seconds
 
 
 @dataclass
@@ -131,16 +140,41 @@ class ScheduleFactor:
         self._scheduler.step()
 
 
-def _progress(loader: DataLoader, desc: str) -> Any:
-    """A batch progress bar on an interactive terminal (never in logs, CI or when ``--quiet``)."""
-    import logging
+def _progress(loader: DataLoader, desc: str, interval_s: float) -> Any:
+    """A tqdm bar on an interactive terminal; elsewhere (nohup, Docker, CI logs) a progress line at most every
+    ``interval_s`` seconds, so a long epoch is not minutes of silence. Nothing when ``--quiet``."""
     import sys
 
-    if not sys.stderr.isatty() or logging.getLogger("sweeps").getEffectiveLevel() > logging.INFO:
+    if log.getEffectiveLevel() > logging.INFO:
         return loader
-    from tqdm.auto import tqdm
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
 
-    return tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
+        return tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
+    return _progress_lines(loader, desc, interval_s)
+
+
+def _progress_lines(loader: DataLoader, desc: str, interval_s: float) -> Iterator[Any]:
+    """Yield the loader's batches, logging "batches done/total, samples/s, ETA" at a bounded interval."""
+    total = len(loader)
+    start = last = time.perf_counter()
+    seen = 0
+    for i, batch in enumerate(loader, start=1):
+        yield batch
+        labels = batch.get("labels") if isinstance(batch, dict) else None
+        seen += int(labels.shape[0]) if labels is not None else 0
+        now = time.perf_counter()
+        if now - last >= interval_s and i < total:
+            last = now
+            elapsed = now - start
+            eta = elapsed / i * (total - i)
+            log.info("  %s: batch %d/%d, %.1f samples/s, ETA %s", desc, i, total, seen / elapsed if elapsed else 0.0,
+                     _duration(eta))
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 class TrainingLoop:
@@ -173,6 +207,8 @@ class TrainingLoop:
         self.memory = memory or PeakMemory(device)
         self.observer = observer
         self.global_step = 0
+        self._lr_sums: dict[str, float] = {}
+        self._lr_steps = 0
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" and device.type == "cuda" else None
 
     # -- plan -----------------------------------------------------------------------------------------------------
@@ -209,7 +245,7 @@ class TrainingLoop:
                 "trainable_params": float(self.controller.trainable_params()),
             }
             epoch_result = EpochResult(
-                epoch, metrics, self.controller.learning_rates(), changed, schedule_complete=epoch >= schedule_end
+                epoch, metrics, self._epoch_learning_rates(), changed, schedule_complete=epoch >= schedule_end
             )
             result.epochs.append(epoch_result)
             value = metrics[cfg.metric]
@@ -227,6 +263,18 @@ class TrainingLoop:
                 break
         return result
 
+    def _epoch_learning_rates(self) -> dict[str, float]:
+        """Mean LR per group over this epoch's optimizer steps (the current LRs when the epoch took no step)."""
+        if not self._lr_steps:
+            return self.controller.learning_rates()
+        return {name: total / self._lr_steps for name, total in self._lr_sums.items()}
+
+    def _record_learning_rates(self) -> None:
+        """Add the LRs the coming optimizer step uses; groups not in the optimizer (frozen) add 0."""
+        for name, lr in self.controller.learning_rates().items():
+            self._lr_sums[name] = self._lr_sums.get(name, 0.0) + lr
+        self._lr_steps += 1
+
     def _trainable(self) -> list[nn.Parameter]:
         assert self.controller.optimizer is not None
         return [p for g in self.controller.optimizer.param_groups for p in g["params"]]
@@ -237,10 +285,11 @@ class TrainingLoop:
         optimizer = self.controller.optimizer
         assert optimizer is not None
         optimizer.zero_grad(set_to_none=True)
+        self._lr_sums, self._lr_steps = {}, 0
         loss_sum, batches, seen = 0.0, 0, 0
         n_batches = len(self.train_loader)
         start = time.perf_counter()
-        batches_iter = _progress(self.train_loader, f"epoch {epoch + 1}/{cfg.epochs}")
+        batches_iter = _progress(self.train_loader, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress_interval_s)
         for i, batch in enumerate(batches_iter):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with autocast_context(self.device, cfg.precision):
@@ -286,6 +335,7 @@ class TrainingLoop:
         assert optimizer is not None
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
+        self._record_learning_rates()
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self._trainable(), cfg.max_grad_norm)
         if self.scaler is not None:
