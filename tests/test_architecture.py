@@ -28,6 +28,7 @@ LAYERS = {
     "predict": 5,  # the study evaluates its finalists' saved models on the test split through it
     "study": 6,
     "workers": 7,
+    "dashboard": 7,  # ``python -m sweeps dashboard``: servers on the study's stores
     "cli": 8,
     "api": 8,
     "__main__": 9,
