@@ -113,9 +113,10 @@ def outcome(out: Path, name: str) -> dict[str, Any]:
     verdict = Verdict(table, metric, direction)
     tests = all_test_metrics(study)
     evidence = verdict.evidence()
-    if evidence.empty:
-        return {"strategy": None, "test": {}, "at_chance": sorted(set(table["strategy"]))}
-    best = evidence.iloc[0]
+    ranked = evidence if not evidence.empty else verdict.ranked  # nothing learned: still report the best's test score
+    if ranked.empty:
+        return {"strategy": None, "test": {}, "at_chance": sorted(set(table["strategy"])), "trials": 0}
+    best = ranked.iloc[0]
     cid = config_id(best)
     seeds = [int(r["number"]) for _, r in table.iterrows() if config_id(r) == cid and r["state"] == "complete"]
     scores = {k: [tests[n][k] for n in seeds if n in tests and k in tests[n]] for k in ("accuracy", "f1_macro")}
@@ -185,8 +186,8 @@ def main() -> None:
     lines = [
         f"rows {info['train']} train / {info['validation']} validation, {epochs} epochs, {trials} trials, "
         f"{seeds} seeds per finalist",
-        f"default full fine-tune (none, lr 5e-5): test accuracy {fmt(results['default']['test']['accuracy'])}, "
-        f"macro-F1 {fmt(results['default']['test']['f1_macro'])}, wall {wall_default:.0f} s",
+        f"default full fine-tune (none, lr 5e-5): test accuracy {fmt(results['default']['test'].get('accuracy', []))}, "
+        f"macro-F1 {fmt(results['default']['test'].get('f1_macro', []))}, wall {wall_default:.0f} s",
     ]
     for name, r in results["studies"].items():
         lines.append(

@@ -67,7 +67,9 @@ def make_study(root: Path, n_trials: int, model: Path | None = None, **overrides
                 "max_train_rows": 32,
             },
         },
-        "training": {"epochs": 1, "batch_size": 16, "eval_batch_size": 16, "learning_rate": 5e-3, "seed": 7},
+        # a searched LR: every trial is a new configuration (an identical one would be skipped as a duplicate)
+        "training": {"epochs": 1, "batch_size": 16, "eval_batch_size": 16, "seed": 7,
+                     "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
         "strategies": STRATEGIES,
         "optuna": {"n_trials": n_trials, "pruner": "none", "sampler": "random"},
         "tracking": {"enabled": True},
@@ -87,7 +89,8 @@ def check_exactly_once(out: Path, study_name: str, n_trials: int) -> dict[str, A
     surplus = [t for t in trials if t.user_attrs.get("surplus")]
     real = [t for t in trials if not t.user_attrs.get("surplus")]
     states = Counter(t.state.name for t in real)
-    ended = [t for t in real if t.state.name in ("COMPLETE", "PRUNED", "FAIL")]
+    # a skipped duplicate (same configuration as a finished trial: not trained) does not use up n_trials
+    ended = [t for t in real if t.state.name in ("COMPLETE", "PRUNED", "FAIL") and "duplicate_of" not in t.user_attrs]
     if len(ended) != n_trials:
         problems.append(f"Optuna: {len(ended)} trials ran to an end, expected {n_trials} ({dict(states)})")
     if states.get("RUNNING") or states.get("WAITING"):
@@ -215,7 +218,7 @@ def check_soak(out: Path, study_name: str, n_trials: int, killed_pids: set[int])
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{out / 'optuna.db'}")
     trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
     killed = [t for t in trials if t.user_attrs.get("worker_died")]
-    counted = [t for t in trials if not t.user_attrs.get("worker_died")]
+    counted = [t for t in trials if not t.user_attrs.get("worker_died") and "duplicate_of" not in t.user_attrs]
     states = Counter(t.state.name for t in trials)
     if len(counted) != n_trials or any(t.state.name != "COMPLETE" for t in counted):
         problems.append(f"Optuna: {len(counted)} counted trials, expected {n_trials} complete ({dict(states)})")

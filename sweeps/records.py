@@ -55,7 +55,7 @@ class Tag:
 
     STUDY = "sweeps.study"
     STRATEGY = "sweeps.strategy"
-    STATUS = "sweeps.status"  # running | complete | pruned | failed
+    STATUS = "sweeps.status"  # running | complete | pruned | failed | duplicate
     HOST = "sweeps.host"
     ROLE = "sweeps.role"  # study | trial
     FAIL_REASON = "sweeps.fail_reason"
@@ -65,6 +65,7 @@ class Tag:
     BEST_PREFIX = "sweeps.best."  # on the parent run: trial, strategy, param.<name> of the best trial so far
     TRIAL_NUMBER = "optuna.trial_number"
     FROZEN_VERIFIED = "frozen_params_verified"
+    DUPLICATE_OF = "sweeps.duplicate_of"  # status duplicate: not trained, the same configuration as that trial
     LEARNED = "sweeps.learned"  # false: at or below chance, never evidence against its strategy
     DEGENERATE = "sweeps.degenerate"  # true: some class is never predicted
     PARENT_RUN = "mlflow.parentRunId"  # MLflow's own tag for nested runs

@@ -78,7 +78,9 @@ def write_study(path: Path, model: Path, data: Path, **overrides: Any) -> Path:
                 "id_column": "id",
             },
         },
-        "training": {"epochs": 2, "batch_size": 16, "learning_rate": 5e-3, "seed": 7},
+        # a (narrow) searched LR: every trial is a new configuration, so none is skipped as a duplicate of another
+        "training": {"epochs": 2, "batch_size": 16, "learning_rate": {"type": "float", "low": 4e-3, "high": 6e-3},
+                     "seed": 7},
         "strategies": [{"name": "none"}, {"name": "bottom_n", "params": {"n": {"type": "int", "low": 1, "high": 2}}}],
         "optuna": {"n_trials": 2, "pruner": "none"},
     }

@@ -98,7 +98,8 @@ def test_duplicates_are_not_trained_again(assets: tuple[Path, Path], tmp_path: P
     after a few duplicate proposals without training any of them or counting them toward n_trials."""
     model, data = assets
     study_file = write_study(
-        tmp_path / "study.yaml", model, data, strategies=[{"name": "none"}], optuna={"n_trials": 3, "pruner": "none"}
+        tmp_path / "study.yaml", model, data, strategies=[{"name": "none"}], optuna={"n_trials": 3, "pruner": "none"},
+        training={"learning_rate": 5e-3},
     )
     out = tmp_path / "out"
     assert main(["run", str(study_file), "--output", str(out)]) == 0
@@ -109,7 +110,11 @@ def test_duplicates_are_not_trained_again(assets: tuple[Path, Path], tmp_path: P
     assert all(t.user_attrs["duplicate_of"] == 0 and t.value == trained[0].value for t in duplicates)
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny").experiment_id
-    assert len([r for r in client.search_runs([exp]) if r.data.tags.get("sweeps.role") == "trial"]) == 1
+    runs = [r for r in client.search_runs([exp]) if r.data.tags.get("sweeps.role") == "trial"]
+    assert len(runs) == len(trials)  # one MLflow run per Optuna trial, duplicates included ...
+    skipped = [r for r in runs if r.data.tags["sweeps.status"] == "duplicate"]
+    assert len(skipped) == 5 and all(r.data.tags["sweeps.duplicate_of"] == "0" for r in skipped)
+    assert all("epoch_time_s" not in r.data.metrics for r in skipped)  # ... but only one was trained
 
 
 def test_a_gradual_schedule_that_cannot_finish_is_flagged(assets: tuple[Path, Path], tmp_path: Path, capsys) -> None:

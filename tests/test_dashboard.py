@@ -42,7 +42,7 @@ def test_dashboard_serves_both_uis_on_loopback_and_stops_on_ctrl_c(tmp_path: Pat
     from sweeps.config import load_spec
     from sweeps.study.storage import open_study
 
-    study = open_study(load_spec(str(study_file), [], output=str(out)), out)  # names its metrics, as `run` does
+    study = open_study(load_spec(str(study_file), [], output=str(out)))  # names its metrics, as `run` does
     study.add_trial(optuna.trial.create_trial(value=0.75))
     client = MlflowClient(f"sqlite:///{(out / 'mlflow.db').resolve()}")
     client.create_experiment("tiny")

@@ -273,9 +273,6 @@ class StudyRunner:
         key = params.config_key()
         trial.set_user_attr(TrialAttr.CONFIG_KEY, key)
         duplicate = self._duplicate_of(trial.number, key)
-        if duplicate is not None:
-            return self._skip_duplicate(trial, duplicate, params)
-        self._duplicates_in_a_row = 0
         run_id = self.tracker.start_trial(
             self.parent_run_id,
             f"trial-{trial.number}-{params.strategy}",
@@ -294,6 +291,9 @@ class StudyRunner:
         )
         if run_id:
             trial.set_user_attr(TrialAttr.MLFLOW_RUN, run_id)
+        if duplicate is not None:
+            return self._skip_duplicate(trial, duplicate, params, run_id)
+        self._duplicates_in_a_row = 0
         self.say(f"trial {trial.number}: {params.strategy} {params.strategy_params or ''}")
         with heartbeat(self.study, trial):
             return self._execute(trial, params, run_id)
@@ -307,13 +307,16 @@ class StudyRunner:
         return None
 
     def _skip_duplicate(
-        self, trial: optuna.Trial, previous: optuna.trial.FrozenTrial, params: Any
+        self, trial: optuna.Trial, previous: optuna.trial.FrozenTrial, params: Any, run_id: str | None
     ) -> TrialReport | None:
         """Not trained again: recorded with the earlier trial's values (so the sampler learns it was tried) and
-        ``duplicate_of``; it does not use up ``n_trials`` and is never counted as evidence. Several duplicates in a
-        row mean the sampler has nothing new left to propose: the search stops."""
+        ``duplicate_of``, and its MLflow run (every trial has one) says so; it does not use up ``n_trials`` and is never
+        counted as evidence. Several duplicates in a row mean the sampler has nothing new left to propose: the search
+        stops."""
         trial.set_user_attr(TrialAttr.DUPLICATE_OF, previous.number)
         self.study.tell(trial, values=previous.values if self.spec.multi_objective else previous.value)
+        self.tracker.set_tags(run_id, {Tag.STATUS: "duplicate", Tag.DUPLICATE_OF: str(previous.number)})
+        self.tracker.end_run(run_id, "FINISHED")
         self._duplicates_in_a_row = getattr(self, "_duplicates_in_a_row", 0) + 1
         self.say(f"trial {trial.number}: same configuration as trial {previous.number}: not trained again")
         if self._duplicates_in_a_row >= MAX_DUPLICATES_IN_A_ROW:
