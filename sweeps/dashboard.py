@@ -46,7 +46,6 @@ def _sibling_script(name: str) -> str | None:
 def plan_servers(spec: Any, out: Path, optuna_port: int | None, mlflow_port: int | None) -> list[Server]:
     """The servers to start for this study (a port of None: that one is not started)."""
     from sweeps.study import storage_url
-    from sweeps.track import default_tracking_uri
 
     servers = []
     if optuna_port is not None:
@@ -55,9 +54,9 @@ def plan_servers(spec: Any, out: Path, optuna_port: int | None, mlflow_port: int
             raise SweepsError("dashboard: optuna-dashboard is not installed: pip install 'freeze-sweeps[dashboard]' "
                               "(or pass --no-optuna)")
         servers.append(Server("optuna-dashboard", f"http://{HOST}:{optuna_port}/",
-                              [script, storage_url(spec, out), "--host", HOST, "--port", str(optuna_port)]))
+                              [script, storage_url(spec), "--host", HOST, "--port", str(optuna_port)]))
     if mlflow_port is not None:
-        uri = spec.tracking.uri or default_tracking_uri(out)
+        uri = spec.tracking.uri  # resolved when the study file loads (the study folder's store by default)
         if uri.startswith(("http://", "https://")):
             log.info("MLflow: the study tracks to a server already: %s", uri)
         else:
