@@ -12,7 +12,7 @@ import importlib.util
 from typing import Any
 
 from sweeps.errors import ModelLoadError
-from sweeps.train.models import ModelSource, _hub_hint
+from sweeps.train.models import ModelSource, _hub_hint, head_config
 
 TIMM_PREFIX = "timm:"
 
@@ -103,15 +103,9 @@ def load_image_classifier(source: ModelSource, label_names: list[str]) -> Any:
 
     if source.spec.startswith(TIMM_PREFIX):
         require_timm(source.spec)
-    id2label = dict(enumerate(label_names))
     try:
         return AutoModelForImageClassification.from_pretrained(
-            source.location,
-            revision=source.revision,
-            num_labels=len(label_names),
-            id2label=id2label,
-            label2id={v: k for k, v in id2label.items()},
-            ignore_mismatched_sizes=True,
+            source.location, revision=source.revision, **head_config(label_names)
         )
     except Exception as exc:
         raise _hub_hint(source, exc) from exc

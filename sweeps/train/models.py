@@ -11,6 +11,7 @@ import importlib.machinery
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sweeps.errors import ModelLoadError
 
@@ -86,6 +87,19 @@ def resolve_model(spec: str, base_dir: Path | None = None, revision: str | None 
     return ModelSource(spec, spec, "hub", revision, None)
 
 
+def head_config(label_names: list[str]) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments for a classifier over ``label_names``: the label mapping is stored in the
+    model's config, and a checkpoint that already has a classifier for another label set gets a fresh head of the
+    right size (``ignore_mismatched_sizes``)."""
+    id2label = dict(enumerate(label_names))
+    return {
+        "num_labels": len(label_names),
+        "id2label": id2label,
+        "label2id": {v: k for k, v in id2label.items()},
+        "ignore_mismatched_sizes": True,
+    }
+
+
 def _hub_hint(source: ModelSource, exc: Exception) -> ModelLoadError:
     if source.kind == "hub":
         return ModelLoadError(
@@ -114,16 +128,9 @@ def load_classifier(source: ModelSource, label_names: list[str]):
     if is_image_model(source):
         return load_image_classifier(source, label_names)
 
-    id2label = dict(enumerate(label_names))
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            source.location,
-            revision=source.revision,
-            num_labels=len(label_names),
-            id2label=id2label,
-            label2id={v: k for k, v in id2label.items()},
-            # a checkpoint that already has a classifier for another label set gets a fresh head of the right size
-            ignore_mismatched_sizes=True,
+            source.location, revision=source.revision, **head_config(label_names)
         )
     except Exception as exc:
         raise _hub_hint(source, exc) from exc
