@@ -120,3 +120,19 @@ def test_sampler_conditions_each_strategys_lr_on_that_strategys_trials():
         assert len(lrs) >= 3, late
         distance = abs(np.median(np.log10(lrs)) - math.log10(optimum[strategy]))
         assert distance < 0.75, (strategy, lrs)
+
+
+def test_grid_sampler_exhausted_under_ask_and_tell_does_not_crash():
+    """GridSampler.after_trial calls study.stop() when the grid is used up; under the runner's ask/tell loop that
+    raised "Study.stop is supposed to be invoked inside an objective function" at the last grid point."""
+    data = study(learning_rate={"choices": [1e-4, 3e-4]})
+    data["strategies"] = [{"name": "none"}]
+    data["optuna"] = {"sampler": "grid", "n_trials": 2}
+    spec = parse(data)
+    opt = optuna.create_study(direction="maximize", sampler=make_sampler(spec))
+    seen = []
+    for _ in range(3):  # past the end of the grid: tell() used to raise at the last grid point
+        trial = opt.ask()
+        seen.append(suggest(trial, spec).training.learning_rate)
+        opt.tell(trial, 0.5)
+    assert set(seen) <= {1e-4, 3e-4} and len(opt.trials) == 3

@@ -91,7 +91,14 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         return self._sampler.sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState, values: Any) -> None:
-        self._sampler.after_trial(study, trial, state, values)
+        try:
+            self._sampler.after_trial(study, trial, state, values)
+        except RuntimeError as exc:
+            # GridSampler calls study.stop() once the grid is exhausted, which raises outside study.optimize (the
+            # runner uses ask/tell). The trial is already recorded; the runner stops on its own budget, and a grid
+            # point asked again is skipped as a duplicate (several in a row end the search).
+            if "Study.stop" not in str(exc):
+                raise
 
     def reseed_rng(self) -> None:
         self._sampler.reseed_rng()
