@@ -36,9 +36,11 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _trials(out: Path, experiment: str) -> list:
+    """The trial runs that trained (a proposal identical to a finished trial is recorded as a duplicate, untrained)."""
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     exp = client.get_experiment_by_name(experiment).experiment_id
-    runs = [r for r in client.search_runs([exp]) if r.data.tags.get(Tag.ROLE) == "trial"]
+    runs = [r for r in client.search_runs([exp])
+            if r.data.tags.get(Tag.ROLE) == "trial" and r.data.tags.get(Tag.STATUS) != "duplicate"]
     return sorted(runs, key=lambda r: r.info.start_time)
 
 
