@@ -279,8 +279,9 @@ def test_augmentation_is_for_training_batches_only_and_turns_the_cache_off(shape
     assert train_loader.collate_fn.augment and not eval_loader.collate_fn.augment
     first, again = next(iter(eval_loader)), next(iter(eval_loader))
     assert torch.equal(first["pixel_values"], again["pixel_values"])  # evaluation stays deterministic
-    layer_map = discover_layers(ctx.build_model())
-    runner = _make_runner(ctx, layer_map, spec.training, {"train": "k", "eval": "k2"}, train, validation)
+    model = ctx.build_model()
+    layer_map = discover_layers(model)
+    runner = _make_runner(ctx, model, layer_map, spec.training, {"train": "k", "eval": "k2"}, train, validation)
     assert runner.stats["mode"] == "direct" and "augment" in runner.stats["reason"]
 
 

@@ -7,6 +7,7 @@ of a forward never leaves depths with different examples.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -17,6 +18,17 @@ from typing import Any
 import numpy as np
 
 from sweeps.cache.store import _LRU, CACHE_DTYPES, BlockFormat, CacheEntry, load_entry, publish
+
+
+@dataclasses.dataclass
+class Staged:
+    """One depth's output for the new examples of the batch being run: its stored rows, the block's output format
+    (``None``: it cannot be reproduced, the capture is abandoned), the activation dtype and per-example shapes."""
+
+    rows: np.ndarray
+    format: BlockFormat | None
+    dtype: str
+    item_shapes: list[list[int]]
 
 
 class CaptureArena:
@@ -61,9 +73,10 @@ class _TokenSink:
         self.ram_bytes = 0
         self.spill_rows = 0
         self.tmp: Path | None = None
-        self.hidden: int | None = None
+        self.hidden: int | None = None  # row width
         self.format: BlockFormat | None = None
         self.activation_dtype: str | None = None
+        self.item_shapes: list[list[int]] | None = None  # per-example shapes of the output's tensors
 
     def append(self, tokens: np.ndarray) -> None:
         self.hidden = tokens.shape[1]
@@ -84,7 +97,6 @@ class _TokenSink:
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
-
 
     def materialise(self, key: str, index: np.ndarray, meta: dict[str, Any]) -> CacheEntry:
         """These tokens as a finished entry: kept in RAM when they fit the budget, published to the store when
@@ -148,7 +160,7 @@ class _SplitCapture:
         self.count = 0
         self.num_tokens = 0
         self.invalid: str | None = None
-        self.staged: dict[int, tuple[np.ndarray, BlockFormat | None, str]] = {}
+        self.staged: dict[int, Staged] = {}
 
     def new_rows(self, ids: np.ndarray) -> np.ndarray:
         """Rows of the batch whose example was not captured yet. Ids may be sparse (a cross-validation fold keeps the
@@ -165,14 +177,14 @@ class _SplitCapture:
         if set(self.staged) != set(self.depths):
             missing = sorted(set(self.depths) - set(self.staged))
             self.invalid = f"blocks for depths {missing} did not run during a capture"
-        for depth, (tokens, fmt, act_dtype) in self.staged.items():
+        for depth, staged in self.staged.items():
             sink = self.sinks[depth]
-            if fmt is None:
-                self.invalid = "a block's output format cannot be reproduced from its hidden state"
-            elif sink.format is not None and sink.format != fmt:
-                self.invalid = "a block changed its output format between batches"
-            sink.format, sink.activation_dtype = fmt, act_dtype
-            sink.append(tokens)
+            if staged.format is None:
+                self.invalid = "a block's output format cannot be reproduced from the stored tensors"
+            elif sink.format is not None and (sink.format, sink.item_shapes) != (staged.format, staged.item_shapes):
+                self.invalid = "a block changed its output format or shape between batches"
+            sink.format, sink.activation_dtype, sink.item_shapes = staged.format, staged.dtype, staged.item_shapes
+            sink.append(staged.rows)
         self.staged = {}
         self.seen[ids] = True
         self.ids.append(ids)

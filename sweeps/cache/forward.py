@@ -27,9 +27,10 @@ from sweeps.cache.keys import (
     _precision_key,
     entry_key,
     model_fingerprint,
+    prefix_buffer_hashes,
     prefix_weight_hashes,
-    token_fingerprints,
 )
+from sweeps.cache.layout import BatchLayout, batch_layout
 from sweeps.cache.patch import ABSENT, live_forward, served_forward
 from sweeps.cache.store import (
     _LRU,
@@ -48,6 +49,7 @@ class _SplitState:
     """What one split does at the current depth: serve depth ``serve_depth`` from ``serve`` and capture ``capture``."""
 
     keys: dict[int, str]
+    layout: str
     serve: CacheEntry | None = None
     capture: _SplitCapture | None = None
     disabled: str | None = None
@@ -127,6 +129,7 @@ class CachedPrefixForward:
         self._model_ref: weakref.ReferenceType[nn.Module] | None = None
         self._model_fp = ""
         self._prefix_modules: list[nn.Module] = []
+        self._buffers: dict[int, str] = {}
         self._leaf_grad = False
         self._warned: set[str] = set()
         self.stats: dict[str, Any] = {
@@ -174,22 +177,24 @@ class CachedPrefixForward:
         if split != self._last_split and self._last_split is not None:
             self._end_pass(self._last_split, pass_ended=True)
         self._last_split = split
-        reason = self._batch_direct_reason(model, batch, split)
+        layout = batch_layout(batch)
+        reason = self._batch_direct_reason(model, batch, split, layout)
         if reason is not None:
             if reason not in self._warned and self.reason is None:
                 self._warned.add(reason)
                 log.warning("activation cache: direct forward for split %r: %s", split, reason)
             self.stats["direct_batches"] += 1
             return logits_of(model(**model_inputs(batch)))
-        state = self._state(model, split, batch)
+        assert layout is not None
+        state = self._state(split, layout)
         if state.disabled is not None:
             self.stats["direct_batches"] += 1
             return logits_of(model(**model_inputs(batch)))
-        mask = self._mask(batch)
+        if layout.name != state.layout:
+            self._note_fallback(split, f"a {layout.name} batch in a split cached as {state.layout}")
+            return logits_of(model(**model_inputs(batch)))
         ids = batch["example_id"].detach().cpu().numpy().astype(np.int64)
-        lengths = mask.sum(dim=1).cpu().numpy().astype(np.int64)
-        fps = token_fingerprints(batch, mask)
-        return self._forward(model, batch, split, state, mask, ids, lengths, fps)
+        return self._forward(model, batch, split, state, layout, ids)
 
     def close(self) -> None:
         """Publish captures that are complete, drop incomplete ones and temporary files, release references."""
@@ -224,23 +229,39 @@ class CachedPrefixForward:
             return f"prefix parameters require grad (e.g. {trainable[0]}): the prefix is not frozen"
         return None
 
-    def _batch_direct_reason(self, model: nn.Module, batch: Mapping[str, torch.Tensor], split: str) -> str | None:
-        """Per-batch checks: cheap, and they catch a plan change that bypassed :meth:`set_prefix_depth`."""
+    def _batch_direct_reason(
+        self, model: nn.Module, batch: Mapping[str, torch.Tensor], split: str, layout: BatchLayout | None
+    ) -> str | None:
+        """Per-batch checks: cheap, and they catch a plan change that bypassed :meth:`set_prefix_depth`.
+
+        A prefix module found in training mode turns the cache off for the rest of this depth (``self.reason``), and
+        drops what was built: BatchNorm in training mode (``train_bn``) has just moved its running statistics, so even
+        an evaluation pass in eval mode afterwards would not match activations captured before.
+        """
         if self.reason is not None:
             return self.reason
         if split not in self.split_keys:
             return f"split {split!r} has no entry in split_keys"
         if "example_id" not in batch:
             return "the batch has no example_id"
+        if layout is None:
+            return "the batch has neither input_ids nor pixel_values"
         self._bind(model)
         if any(p.requires_grad for p in self._prefix_params):
             return "a prefix parameter requires grad (the plan changed without set_prefix_depth)"
         training = next((m for m in self._prefix_modules if m.training), None)
         if training is not None:
-            return (
+            self._discard_states()
+            self._last_split = split
+            self.reason = (
                 f"a prefix module ({type(training).__name__}) is in training mode (dropout/BatchNorm would make the "
-                "prefix stochastic; with the FreezeController this means frozen_dropout/train_bn)"
+                "prefix stochastic or change its statistics; with the FreezeController this means "
+                "frozen_dropout/train_bn)"
             )
+            self.stats["mode"], self.stats["reason"] = "direct", self.reason
+            log.warning("activation cache: off for this prefix depth: %s", self.reason)
+            self._warned.add(self.reason)
+            return self.reason
         return None
 
     def _bind(self, model: nn.Module) -> None:
@@ -259,6 +280,7 @@ class CachedPrefixForward:
                 with contextlib.suppress(AttributeError):
                     modules.extend(model.get_submodule(path).modules())
         self._prefix_modules = modules
+        self._buffers = prefix_buffer_hashes(model, self.layer_map, self.depth)
         self._model_fp = model_fingerprint(model)
         self._leaf_grad = (
             self.gradient_checkpointing
@@ -267,19 +289,20 @@ class CachedPrefixForward:
         )
         self._model_ref = weakref.ref(model)
 
-    def _state(self, model: nn.Module, split: str, batch: Mapping[str, torch.Tensor]) -> _SplitState:
+    def _state(self, split: str, layout: BatchLayout) -> _SplitState:
         """The split's state, resolved on its first batch at this depth (the autocast state is known only here)."""
         state = self._states.get(split)
         if state is not None:
             return state
         assert self.depth is not None
-        device = batch["input_ids"].device
-        precision = _precision_key(device)
+        precision = _precision_key(layout.device)
         keys = {
-            d: entry_key(self._model_fp, self._weights[d], self.split_keys[split], d, self.cache_dtype, precision)
+            d: entry_key(
+                self._model_fp, self._prefix_hash(d), self.split_keys[split], d, self.cache_dtype, precision
+            )
             for d in range(1, self.depth + 1)
         }
-        state = _SplitState(keys=keys)
+        state = _SplitState(keys=keys, layout=layout.name)
         for d in range(self.depth, 0, -1):
             entry = self._find(keys[d])
             if entry is not None:
@@ -300,6 +323,10 @@ class CachedPrefixForward:
             self.stats["cache_depth"] = found
         self._states[split] = state
         return state
+
+    def _prefix_hash(self, depth: int) -> str:
+        """Weights and buffers (BatchNorm statistics) of the prefix of ``depth`` blocks."""
+        return f"{self._weights[depth]}+{self._buffers[depth]}"
 
     def _find(self, key: str) -> CacheEntry | None:
         entry = _LRU.get(key)
@@ -344,11 +371,14 @@ class CachedPrefixForward:
                 "depth": depth,
                 "split": capture.split,
                 "split_key": self.split_keys[capture.split],
-                "weights": self._weights[depth],
+                "weights": self._prefix_hash(depth),
                 "model": self._model_fp,
                 "cache_dtype": self.cache_dtype,
                 "activation_dtype": sink.activation_dtype,
+                "layout": state.layout,
                 "format": [sink.format.kind, sink.format.length],
+                "stored": list(sink.format.stored),
+                "item_shapes": sink.item_shapes,
                 "hidden": sink.hidden,
                 "num_examples": len(index),
                 "num_tokens": capture.num_tokens,
@@ -366,25 +396,17 @@ class CachedPrefixForward:
             state.disabled = "capture finished without the target depth"
 
     # -- the forward ---------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _mask(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        mask = batch.get("attention_mask")
-        if mask is None:
-            return torch.ones_like(batch["input_ids"], dtype=torch.bool)
-        return mask.bool()
-
     def _forward(
         self,
         model: nn.Module,
         batch: dict[str, torch.Tensor],
         split: str,
         state: _SplitState,
-        mask: torch.Tensor,
+        layout: BatchLayout,
         ids: np.ndarray,
-        lengths: np.ndarray,
-        fps: np.ndarray,
     ) -> torch.Tensor:
         assert self.depth is not None
+        lengths, fps = layout.lengths, layout.fingerprints
         capture = state.capture
         if capture is not None:
             rows_new = capture.new_rows(ids)
@@ -398,20 +420,21 @@ class CachedPrefixForward:
         if state.serve is not None:
             serve_rows = state.serve.lookup(ids, lengths, fps)
             if serve_rows is None:
-                self._note_fallback(split, "examples missing from the cache or with different tokens (split key?)")
+                self._note_fallback(split, "examples missing from the cache or with different inputs (split key?)")
                 return logits_of(model(**model_inputs(batch)))
         capture_rows = None
         if capture is not None:
             capture.staged = {}  # a forward that raised earlier must not leave half a batch behind
             if rows_new.any():
-                capture_rows = torch.from_numpy(rows_new).to(mask.device)
+                capture_rows = torch.from_numpy(rows_new).to(layout.device)
         live_from = state.serve_depth
         leaf_grad = self._leaf_grad and torch.is_grad_enabled()
-        cached = state.serve.padded(serve_rows, mask) if state.serve is not None and serve_rows is not None else None
+        cached = state.serve.served(serve_rows, layout) if state.serve is not None and serve_rows is not None else None
         if cached is not None and leaf_grad and live_from == self.depth:
-            cached.requires_grad_(True)
+            for tensor in cached:
+                tensor.requires_grad_(tensor.is_floating_point())
         with self._patched(model, state, cached, live_from, capture if capture_rows is not None else None,
-                           capture_rows, mask, leaf_grad):
+                           capture_rows, layout, leaf_grad):
             out = logits_of(model(**model_inputs(batch)))
         if capture is not None and capture_rows is not None:
             keep = rows_new
@@ -441,11 +464,11 @@ class CachedPrefixForward:
         self,
         model: nn.Module,
         state: _SplitState,
-        cached: torch.Tensor | None,
+        cached: list[torch.Tensor] | None,
         live_from: int,
         capture: _SplitCapture | None,
         capture_rows: torch.Tensor | None,
-        mask: torch.Tensor,
+        layout: BatchLayout,
         leaf_grad: bool,
     ) -> Iterator[None]:
         """Replace the prefix blocks' ``forward`` on the instance for one model call; always restored."""
@@ -465,7 +488,7 @@ class CachedPrefixForward:
                         i + 1,
                         capture,
                         capture_rows,
-                        mask,
+                        layout,
                         leaf_grad=leaf_grad and i == self.depth - 1,
                         cache_dtype=self.cache_dtype,
                         stats=self.stats,

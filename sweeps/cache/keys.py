@@ -1,5 +1,5 @@
-"""What a cache entry is keyed by, beyond the prefix weights: the model's architecture, the compute
-precision, and a per-example fingerprint of the token ids (so a stale split key degrades to a direct
+"""What a cache entry is keyed by, beyond the prefix weights: the prefix's buffers, the model's architecture, the
+compute precision, and a per-example fingerprint of the token ids or pixels (so a stale split key degrades to a direct
 forward instead of wrong activations).
 """
 
@@ -64,6 +64,25 @@ def token_fingerprints(batch: Mapping[str, torch.Tensor], mask: torch.Tensor) ->
     return x.sum(axis=1, dtype=np.uint64).view(np.int64)
 
 
+def pixel_fingerprints(pixel_values: torch.Tensor) -> np.ndarray:
+    """Per-example 64-bit fingerprint of the exact bits of ``pixel_values`` (the counterpart of
+    :func:`token_fingerprints` for images).
+
+    Why: evaluation transforms are deterministic, so an image gives the same bits in every epoch and trial; a batch
+    whose pixels differ from the captured ones (an augmented batch, a changed processor behind a stale split key) is
+    computed directly instead of being served another image's activations.
+    """
+    n = int(pixel_values.shape[0])
+    bits = pixel_values.detach().to("cpu", torch.float32).reshape(n, -1).contiguous().view(torch.int32)
+    x = bits.numpy().astype(np.uint32).astype(np.uint64)
+    pos = np.arange(1, x.shape[1] + 1, dtype=np.uint64)
+    x = x * _MIX[0] + pos * _MIX[1]
+    x ^= x >> np.uint64(31)
+    x *= _MIX[3]
+    x ^= x >> np.uint64(29)
+    return x.sum(axis=1, dtype=np.uint64).view(np.int64)
+
+
 def model_fingerprint(model: nn.Module) -> str:
     """Architecture part of the key: class, config (minus fields that cannot affect the prefix) and parameter dtypes.
 
@@ -106,6 +125,31 @@ def prefix_weight_hashes(layer_map: LayerMap, depth: int) -> dict[int, str]:
     for i in range(depth):
         name = layer_name(i)
         digest.update(f"{name}:{checksum(p for _, p in layer_map.group(name).params)};".encode())
+        out[i + 1] = digest.copy().hexdigest()
+    return out
+
+
+def prefix_buffer_hashes(model: nn.Module, layer_map: LayerMap, depth: int) -> dict[int, str]:
+    """``{d: hash of the buffers of embedding side + blocks 0 … d-1}``, chained like :func:`prefix_weight_hashes`.
+
+    Why: a prefix's output depends on its buffers too — BatchNorm's running statistics decide a frozen CNN stage's
+    output in eval mode — and they are not parameters. Two checkpoints with equal weights but other statistics (or a
+    model whose frozen BatchNorm ran in training mode, ``train_bn``) must not share an entry.
+    """
+    digest = hashlib.sha256()
+
+    def update(name: str) -> None:
+        buffers = []
+        for path in layer_map.group(name).module_paths:
+            module = model.get_submodule(path)
+            buffers.extend(b for _, b in sorted(module.named_buffers(), key=lambda item: item[0]))
+        digest.update(f"{name}:{checksum(buffers)};".encode())
+
+    for name in sorted(embedding_side(layer_map) & set(layer_map.names)):
+        update(name)
+    out: dict[int, str] = {}
+    for i in range(depth):
+        update(layer_name(i))
         out[i + 1] = digest.copy().hexdigest()
     return out
 

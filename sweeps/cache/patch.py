@@ -1,7 +1,7 @@
 """The block ``forward`` replacements the cached runner installs for one model call.
 
-A frozen block is either *served* (it returns the cached hidden states of the deepest cached depth and does not even
-read its inputs) or run *live* under ``torch.no_grad()``, with its output captured when that depth is being built.
+A frozen block is either *served* (it returns the cached output of the deepest cached depth and does not even read
+its inputs) or run *live* under ``torch.no_grad()``, with its output captured when that depth is being built.
 """
 
 from __future__ import annotations
@@ -13,11 +13,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from sweeps.cache.capture import _SplitCapture
-from sweeps.cache.store import CACHE_DTYPES, BlockFormat, _hidden_of
+from sweeps.cache.capture import Staged, _SplitCapture
+from sweeps.cache.layout import BatchLayout
+from sweeps.cache.store import CACHE_DTYPES, BlockFormat
 
 ABSENT = object()
 """Marks a block that had no ``forward`` of its own on the instance (restoring means deleting the patch)."""
+
+
+def _stage(out: Any, layout: BatchLayout, rows: torch.Tensor, cache_dtype: str) -> Staged:
+    """A block's output for the examples ``rows``, as rows in the storage dtype (or an unreproducible format)."""
+    fmt = BlockFormat.of(out, multi_tensor=layout.multi_tensor)
+    packed = layout.pack(fmt.tensors(out), rows) if fmt is not None else None
+    if fmt is None or packed is None:
+        return Staged(np.zeros((0, 1), CACHE_DTYPES[cache_dtype][1]), None, "torch.float32", [])
+    flat, shapes = packed
+    torch_dtype, np_dtype = CACHE_DTYPES[cache_dtype]
+    picked = flat.to(torch_dtype).cpu()
+    if cache_dtype == "bfloat16":
+        picked = picked.view(torch.int16)
+    activation_dtype = str(fmt.tensors(out)[0].dtype)
+    return Staged(picked.numpy().astype(np_dtype, copy=False), fmt, activation_dtype, shapes)
 
 
 def live_forward(
@@ -25,7 +41,7 @@ def live_forward(
     depth: int,
     capture: _SplitCapture | None,
     rows: torch.Tensor | None,
-    mask: torch.Tensor,
+    layout: BatchLayout,
     *,
     leaf_grad: bool,
     cache_dtype: str,
@@ -40,30 +56,18 @@ def live_forward(
         with torch.no_grad():
             out = original(*args, **kwargs)
         if capture is not None and rows is not None and depth in capture.sinks:
-            fmt = BlockFormat.of(out)
-            hidden = _hidden_of(out) if fmt is not None else None
-            if hidden is None or hidden.dim() != 3 or tuple(hidden.shape[:2]) != tuple(mask.shape):
-                fmt, tokens = None, np.zeros((0, 1), CACHE_DTYPES[cache_dtype][1])
-                act_dtype = "torch.float32"
-            else:
-                torch_dtype, np_dtype = CACHE_DTYPES[cache_dtype]
-                picked = hidden[rows][mask[rows]].to(torch_dtype).cpu()
-                if cache_dtype == "bfloat16":
-                    picked = picked.view(torch.int16)
-                tokens = picked.numpy().astype(np_dtype, copy=False)
-                act_dtype = str(hidden.dtype)
-            capture.staged[depth] = (tokens, fmt, act_dtype)
+            capture.staged[depth] = _stage(out, layout, rows, cache_dtype)
         if leaf_grad:
-            fmt_out = BlockFormat.of(out)
-            if fmt_out is not None:  # a fresh leaf (detach), not a view created under no_grad
-                out = fmt_out.wrap(_hidden_of(out).detach().requires_grad_(True))
+            fmt_out = BlockFormat.of(out, multi_tensor=True)
+            if fmt_out is not None:  # fresh leaves (detach), not views created under no_grad
+                out = fmt_out.wrap([t.detach().requires_grad_(t.is_floating_point()) for t in fmt_out.tensors(out)])
         stats["build_seconds"] += time.perf_counter() - start
         return out
 
     return forward
 
 
-def served_forward(fmt: BlockFormat, cached: torch.Tensor) -> Callable[..., Any]:
+def served_forward(fmt: BlockFormat, cached: list[torch.Tensor]) -> Callable[..., Any]:
     """A frozen block replaced by the cached output of the deepest cached depth (its inputs are not even read)."""
 
     def forward(*args: Any, **kwargs: Any) -> Any:

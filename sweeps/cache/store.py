@@ -11,13 +11,17 @@ import os
 import shutil
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from sweeps.cache.keys import FORMAT_VERSION
+
+if TYPE_CHECKING:
+    from sweeps.cache.layout import BatchLayout
 
 log = logging.getLogger(__name__)
 
@@ -36,34 +40,42 @@ _TORCH_VIEW = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": 
 
 @dataclasses.dataclass(frozen=True)
 class BlockFormat:
-    """What a block returned, so a cached tensor can be handed to the encoder loop in the same shape.
+    """What a block returned, so cached tensors can be handed to the encoder loop in the same shape.
 
-    Only formats that can be rebuilt from the hidden state alone are supported: a Tensor, or a tuple whose items after
-    the first are ``None``. Anything else (attention weights, a legacy KV cache tuple) disables caching.
+    Only formats that can be rebuilt from stored tensors alone are supported: a Tensor, or a tuple of Tensors and
+    ``None`` s (``stored`` lists the positions of the Tensors). The ragged text layout stores one tensor, so there the
+    tuple's items after the first must be ``None`` (transformers 4.x blocks' ``(hidden, None)``); an image layout
+    stores every per-example tensor (Swin's ``(hidden, reshaped_hidden, None)``). Anything else (a non-tensor item, a
+    tensor that is not per example such as Swin V2's window attention weights) disables caching.
     """
 
     kind: str  # "tensor" | "tuple"
     length: int = 1
+    stored: tuple[int, ...] = (0,)
 
-    def wrap(self, hidden: torch.Tensor) -> Any:
-        return hidden if self.kind == "tensor" else (hidden, *([None] * (self.length - 1)))
+    def wrap(self, tensors: Sequence[torch.Tensor]) -> Any:
+        if self.kind == "tensor":
+            return tensors[0]
+        items: list[torch.Tensor | None] = [None] * self.length
+        for position, tensor in zip(self.stored, tensors, strict=True):
+            items[position] = tensor
+        return tuple(items)
+
+    def tensors(self, output: Any) -> list[torch.Tensor]:
+        return [output] if self.kind == "tensor" else [output[i] for i in self.stored]
 
     @staticmethod
-    def of(output: Any) -> BlockFormat | None:
+    def of(output: Any, multi_tensor: bool = False) -> BlockFormat | None:
         if isinstance(output, torch.Tensor):
             return BlockFormat("tensor")
-        if (
-            type(output) is tuple
-            and output
-            and isinstance(output[0], torch.Tensor)
-            and all(item is None for item in output[1:])
-        ):
-            return BlockFormat("tuple", len(output))
-        return None
-
-
-def _hidden_of(output: Any) -> torch.Tensor:
-    return output if isinstance(output, torch.Tensor) else output[0]
+        if type(output) is not tuple or not output or not isinstance(output[0], torch.Tensor):
+            return None
+        if not all(item is None or isinstance(item, torch.Tensor) for item in output[1:]):
+            return None
+        stored = tuple(i for i, item in enumerate(output) if item is not None)
+        if stored != (0,) and not multi_tensor:
+            return None
+        return BlockFormat("tuple", len(output), stored)
 
 
 def _fsync_save(path: Path, array: np.ndarray) -> None:
@@ -82,11 +94,12 @@ def _fsync_write(path: Path, text: str) -> None:
 
 @dataclasses.dataclass
 class CacheEntry:
-    """One finished cache: the depth-``depth`` hidden states of every example of one split, ragged.
+    """One finished cache: the depth-``depth`` block outputs of every example of one split, as rows.
 
-    ``tokens`` is ``(num_tokens, hidden)`` in the storage dtype (a RAM array or a read-only memmap); ``index`` is
+    ``tokens`` is ``(num_rows, width)`` in the storage dtype (a RAM array or a read-only memmap); ``index`` is
     ``(num_examples, 3)`` int64 rows ``(start, length, fingerprint)`` by example id, ``start = -1`` for an id that was
-    never seen (possible only for entries whose completeness was inferred).
+    never seen (possible only for entries whose completeness was inferred). How rows map to tensors is the entry's
+    ``layout`` (:mod:`sweeps.cache.layout`): ragged tokens for text, one row per example for images.
     """
 
     key: str
@@ -98,6 +111,10 @@ class CacheEntry:
     @property
     def depth(self) -> int:
         return int(self.meta["depth"])
+
+    @property
+    def layout(self) -> str:
+        return str(self.meta.get("layout", "tokens"))
 
     @property
     def in_ram(self) -> bool:
@@ -114,10 +131,10 @@ class CacheEntry:
     @property
     def block_format(self) -> BlockFormat:
         kind, length = self.meta["format"]
-        return BlockFormat(kind, int(length))
+        return BlockFormat(kind, int(length), tuple(self.meta.get("stored", (0,))))
 
     def lookup(self, ids: np.ndarray, lengths: np.ndarray, fingerprints: np.ndarray) -> np.ndarray | None:
-        """Rows of the index for ``ids``, or ``None`` when any example is missing or its tokens differ."""
+        """Rows of the index for ``ids``, or ``None`` when any example is missing or its inputs differ."""
         if ids.size and (ids.min() < 0 or ids.max() >= len(self.index)):
             return None
         rows = self.index[ids]
@@ -125,15 +142,14 @@ class CacheEntry:
             return None
         return rows
 
-    def padded(self, rows: np.ndarray, mask: torch.Tensor) -> torch.Tensor:
-        """The cached states of ``rows`` scattered into a zero ``(B, T, hidden)`` tensor at non-padding positions."""
+    def served(self, rows: np.ndarray, layout: BatchLayout) -> list[torch.Tensor]:
+        """The cached outputs of ``rows`` (from :meth:`lookup`) as the block's tensors for this batch's ``layout``."""
         parts = [self.tokens[s : s + n] for s, n in zip(rows[:, 0].tolist(), rows[:, 1].tolist())]
         flat = np.concatenate(parts) if parts else np.zeros((0, self.tokens.shape[1]), self.tokens.dtype)
         values = torch.from_numpy(flat).view(_TORCH_VIEW[self.meta["cache_dtype"]])
         dtype = getattr(torch, self.meta["activation_dtype"].removeprefix("torch."))
-        out = torch.zeros((*mask.shape, self.tokens.shape[1]), dtype=dtype, device=mask.device)
-        out[mask] = values.to(device=mask.device, dtype=dtype)
-        return out
+        shapes = self.meta.get("item_shapes") or [[self.tokens.shape[1]]]
+        return layout.unpack(values, shapes, dtype)
 
 
 class _MemoryLRU:

@@ -46,8 +46,6 @@ from sweeps.train.unused import annotate_unused, probe_unused, unused_text
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 
 class TrialObserver(EpochObserver, Protocol):
     """What a trial reports to while it runs (implemented on the study side): each epoch (train/validation split) or
@@ -96,12 +94,21 @@ def _loader(ctx: StudyContext, ds: Any, batch_size: int, shuffle: bool, seed: in
 
 
 def _make_runner(
-    ctx: StudyContext, layer_map: LayerMap, training: TrainingConfig, keys: dict[str, str], train_ds: Any, eval_ds: Any
+    ctx: StudyContext,
+    model: torch.nn.Module,
+    layer_map: LayerMap,
+    training: TrainingConfig,
+    keys: dict[str, str],
+    train_ds: Any,
+    eval_ds: Any,
 ) -> ForwardRunner:
     if training.cache == "off" or training.frozen_dropout or layer_map.shared_layers:
         return DirectForward()
+    reason = None
     if ctx.modality == "image":
-        reason = image_cache_reason(ctx.augment)
+        batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        reason = image_cache_reason(ctx.augment, training.train_bn and batchnorm)
+    if reason is not None:
         log.info("activation cache: off: %s", reason)
         return DirectForward(reason)
     return CachedPrefixForward(
@@ -115,14 +122,23 @@ def _make_runner(
     )
 
 
-def image_cache_reason(augment: bool) -> str:
-    """Why an image trial runs the direct forward. The activation cache stores ragged token sequences keyed by token
-    ids (:mod:`sweeps.cache`); image blocks return feature maps and take pixels, so serving them would need another
-    store format. Direct is always correct; with augmentation on it would be required anyway (a training image
-    differs every epoch, so there is no fixed prefix output to reuse)."""
+def image_cache_reason(augment: bool, train_bn: bool) -> str | None:
+    """Why an image trial cannot cache its frozen prefix (``None``: it can).
+
+    The cache serves a frozen prefix's output per example (:mod:`sweeps.cache`); that output is fixed only when the
+    images and the prefix are: with augmentation a training image differs every epoch, and with ``train_bn`` frozen
+    BatchNorm layers update their running statistics on every training batch. The runner would detect both (pixel
+    fingerprints, a prefix module in training mode) and run direct batch by batch; deciding here says why once.
+    ``train_bn`` is true only when the model has BatchNorm layers (a ViT with ``train_bn`` caches normally).
+    """
     if augment:
         return "task.data.augment is on: training images differ every epoch, a frozen prefix's output is not reusable"
-    return "image model: the activation cache stores token sequences, not feature maps; direct forward"
+    if train_bn:
+        return (
+            "training.train_bn is on: BatchNorm in frozen blocks updates its running statistics every training batch, "
+            "a frozen prefix's output is not fixed"
+        )
+    return None
 
 
 def check_strategy(name: str, params: dict[str, Any], layer_map: LayerMap, index: int | None = None):
@@ -194,7 +210,7 @@ def train_once(
     if note := unused_text(table):
         log.info(note)
         table_text += "\n" + note
-    runner = _make_runner(ctx, layer_map, training, keys, train_ds, eval_ds)
+    runner = _make_runner(ctx, model, layer_map, training, keys, train_ds, eval_ds)
     memory = PeakMemory(ctx.device)
     loop_config = LoopConfig(
         epochs=training.epochs,
