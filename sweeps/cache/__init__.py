@@ -11,13 +11,24 @@ How a batch is served
     embedding code runs normally (the embedding module is cheap and its output is simply ignored). For the duration of
     the call, the frozen blocks' ``forward`` is replaced on the instance and restored in a ``finally``:
 
-    * blocks ``0 … d-1`` (``d`` = the deepest cached depth) return the cached hidden states of depth ``d``, padded back
-      to this batch's length (zeros at padding) and wrapped in the format the block returned when they were captured
-      (a Tensor for transformers 5.x blocks, or a tuple whose extra items were ``None``). The lower blocks return the
-      same tensor: their output is never read, because the next block is patched as well;
+    * blocks ``0 … d-1`` (``d`` = the deepest cached depth) return the cached output of depth ``d``, rebuilt for this
+      batch by its layout (below) and wrapped in the format the block returned when it was captured (a Tensor for
+      transformers 5.x blocks; a tuple of Tensors and ``None`` s, such as Swin's ``(hidden, reshaped, None)``). The
+      lower blocks return the same tensors: their output is never read, because the next block is patched as well;
     * blocks ``d … N-1`` run live under ``torch.no_grad()`` and their outputs are captured (depths ``d+1 … N`` with
       ``capture="all"``, only ``N`` with ``capture="target"``);
     * blocks ``N …`` and the head run unchanged, with autograd.
+
+Layouts: text and images in one store (:mod:`sweeps.cache.layout`)
+    Every entry is a 2-D array of rows plus an index of ``(start, length, fingerprint)`` per example id; a batch's
+    layout says how a block's output becomes rows. *Tokens* (batches with ``input_ids``): the non-padding tokens of
+    each example, ``length`` rows of ``hidden``, fingerprinted by their token ids. *Examples* (batches with
+    ``pixel_values``): an image model's block output has the same shape for every example (a CNN stage's
+    ``(C, H, W)``, a ViT block's ``(tokens, hidden)``, both tensors of a Swin stage), so each example is one row, its
+    tensors flattened side by side, ``item_shapes`` in the metadata; fingerprinted by the exact bits of its pixels
+    (deterministic evaluation transforms give the same bits every epoch; an augmented or otherwise different image
+    runs directly). A tensor that is not per example (Swin V2's window attention weights) cannot be split into rows:
+    the block's format is refused and the split runs directly.
 
     Padding is stripped with ``attention_mask`` at capture (ragged storage). Non-padding positions never read padding
     positions (they are masked out of attention), so zeros at padding give the same logits as the garbage a live
@@ -31,16 +42,20 @@ Correctness rules (never silently wrong)
     at every depth, so "block i" is not a prefix); ``frozen_dropout`` is on (a stochastic prefix cannot be cached); a
     prefix parameter requires grad; a prefix module is in training mode (dropout or BatchNorm would make it stochastic
     or stateful); a split has no key in ``split_keys``; the batch has no ``example_id``; or a block's output format
-    cannot be reproduced. The checks that can change between batches (modes, ``requires_grad``) run on every batch.
-    Each cached example also stores its token count and a fingerprint of its token ids; a batch whose examples are
-    missing or whose tokens differ (a wrong split key) is computed directly and counted in ``stats``.
+    cannot be reproduced. The checks that can change between batches (modes, ``requires_grad``) run on every batch; a
+    prefix module found in training mode turns caching off for the rest of that depth and drops what was being built
+    (BatchNorm in training mode, ``train_bn``, has just moved the running statistics that the evaluation pass would
+    read). Each cached example also stores its row count and a fingerprint of its inputs; a batch whose examples are
+    missing or whose inputs differ (a wrong split key) is computed directly and counted in ``stats``.
 
 Keys and storage
-    An entry is one (prefix weights, split data, depth, storage dtype, model architecture, compute precision). The
-    weights part chains :func:`strategies.optim.checksum` of the embedding side and of blocks ``0 … d-1``, so a deeper
-    prefix shares the shallower entries, and any change of a prefix weight changes the key. The split key is the
-    caller's (dataset, tokenizer, max length …) string. Entries are ragged: all tokens concatenated in capture order
-    (``tokens.npy``, ``(num_tokens, hidden)``) plus an ``index.npy`` of ``(start, length, fingerprint)`` per example id.
+    An entry is one (prefix weights and buffers, split data, depth, storage dtype, model architecture, compute
+    precision). The weights part chains :func:`strategies.optim.checksum` of the embedding side and of blocks
+    ``0 … d-1``, so a deeper prefix shares the shallower entries, and any change of a prefix weight changes the key;
+    the buffers part does the same for the prefix's buffers (BatchNorm running statistics decide a frozen CNN stage's
+    output). The split key is the caller's (dataset, tokenizer, max length … or image processor and image digests)
+    string. Entries are rows concatenated in capture order (``tokens.npy``, ``(num_rows, width)``) plus an
+    ``index.npy`` of ``(start, length, fingerprint)`` per example id.
 
     Entries are kept in a process-wide LRU in RAM up to ``memory_budget_mb``; larger ones are memory-mapped ``.npy``
     files. With ``cache_dir`` every finished entry is also published to ``cache_dir/<key>/`` — written in a temporary
