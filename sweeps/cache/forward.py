@@ -30,7 +30,7 @@ from sweeps.cache.keys import (
     prefix_buffer_hashes,
     prefix_weight_hashes,
 )
-from sweeps.cache.layout import BatchLayout, batch_layout
+from sweeps.cache.layout import TOKENS, BatchLayout, batch_layout, layout_name
 from sweeps.cache.patch import ABSENT, live_forward, served_forward
 from sweeps.cache.store import (
     _LRU,
@@ -177,22 +177,21 @@ class CachedPrefixForward:
         if split != self._last_split and self._last_split is not None:
             self._end_pass(self._last_split, pass_ended=True)
         self._last_split = split
-        layout = batch_layout(batch)
-        reason = self._batch_direct_reason(model, batch, split, layout)
+        reason = self._batch_direct_reason(model, batch, split)
         if reason is not None:
             if reason not in self._warned and self.reason is None:
                 self._warned.add(reason)
                 log.warning("activation cache: direct forward for split %r: %s", split, reason)
             self.stats["direct_batches"] += 1
             return logits_of(model(**model_inputs(batch)))
-        assert layout is not None
-        state = self._state(split, layout)
+        state = self._state(split, batch)
         if state.disabled is not None:
             self.stats["direct_batches"] += 1
             return logits_of(model(**model_inputs(batch)))
-        if layout.name != state.layout:
-            self._note_fallback(split, f"a {layout.name} batch in a split cached as {state.layout}")
+        if layout_name(batch) != state.layout:
+            self._note_fallback(split, f"a batch of another layout in a split cached as {state.layout}")
             return logits_of(model(**model_inputs(batch)))
+        layout = batch_layout(batch)
         ids = batch["example_id"].detach().cpu().numpy().astype(np.int64)
         return self._forward(model, batch, split, state, layout, ids)
 
@@ -229,9 +228,7 @@ class CachedPrefixForward:
             return f"prefix parameters require grad (e.g. {trainable[0]}): the prefix is not frozen"
         return None
 
-    def _batch_direct_reason(
-        self, model: nn.Module, batch: Mapping[str, torch.Tensor], split: str, layout: BatchLayout | None
-    ) -> str | None:
+    def _batch_direct_reason(self, model: nn.Module, batch: Mapping[str, torch.Tensor], split: str) -> str | None:
         """Per-batch checks: cheap, and they catch a plan change that bypassed :meth:`set_prefix_depth`.
 
         A prefix module found in training mode turns the cache off for the rest of this depth (``self.reason``), and
@@ -244,7 +241,7 @@ class CachedPrefixForward:
             return f"split {split!r} has no entry in split_keys"
         if "example_id" not in batch:
             return "the batch has no example_id"
-        if layout is None:
+        if layout_name(batch) is None:
             return "the batch has neither input_ids nor pixel_values"
         self._bind(model)
         if any(p.requires_grad for p in self._prefix_params):
@@ -289,20 +286,23 @@ class CachedPrefixForward:
         )
         self._model_ref = weakref.ref(model)
 
-    def _state(self, split: str, layout: BatchLayout) -> _SplitState:
+    def _state(self, split: str, batch: Mapping[str, torch.Tensor]) -> _SplitState:
         """The split's state, resolved on its first batch at this depth (the autocast state is known only here)."""
         state = self._states.get(split)
         if state is not None:
             return state
         assert self.depth is not None
-        precision = _precision_key(layout.device)
+        name = layout_name(batch)
+        assert name is not None
+        device = batch["input_ids" if name == TOKENS else "pixel_values"].device
+        precision = _precision_key(device)
         keys = {
             d: entry_key(
                 self._model_fp, self._prefix_hash(d), self.split_keys[split], d, self.cache_dtype, precision
             )
             for d in range(1, self.depth + 1)
         }
-        state = _SplitState(keys=keys, layout=layout.name)
+        state = _SplitState(keys=keys, layout=name)
         for d in range(self.depth, 0, -1):
             entry = self._find(keys[d])
             if entry is not None:

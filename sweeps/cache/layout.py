@@ -98,11 +98,19 @@ class ExampleLayout:
         return [part.reshape(self.size, *shape) for part, shape in zip(values.split(sizes, dim=1), item_shapes)]
 
 
-def batch_layout(batch: Mapping[str, torch.Tensor]) -> BatchLayout | None:
-    """The layout of a batch by its model inputs: token ids (text) or ``pixel_values`` (images); ``None`` for a batch
-    with neither (a custom model's other inputs: it is not cached)."""
+def layout_name(batch: Mapping[str, torch.Tensor]) -> str | None:
+    """The layout a batch takes by its model inputs: token ids (text) or ``pixel_values`` (images); ``None`` for a
+    batch with neither (it is not cached)."""
     if "input_ids" in batch:
-        return TokenLayout(batch)
+        return TOKENS
     if "pixel_values" in batch:
-        return ExampleLayout(batch)
+        return EXAMPLES
     return None
+
+
+def batch_layout(batch: Mapping[str, torch.Tensor]) -> BatchLayout:
+    """The batch's layout, with its lengths and fingerprints computed (so only for batches that will be cached)."""
+    name = layout_name(batch)
+    if name is None:
+        raise ValueError("the batch has neither input_ids nor pixel_values")
+    return TokenLayout(batch) if name == TOKENS else ExampleLayout(batch)
