@@ -24,6 +24,7 @@ from transformers.utils import logging as hf_logging
 
 from strategies import FreezeController, LayerMap, discover_layers, make_optimizer_factory
 from strategies.bottom_n import BottomN
+from strategies.gradual import Gradual
 from sweeps.cache import CachedPrefixForward, clear_memory_cache
 from sweeps.data.images import augment_pixels
 from sweeps.train.forward import DirectForward, ForwardRunner
@@ -210,7 +211,7 @@ def test_float16_storage_is_close(tmp_path: Path) -> None:
 
 # -- the training loop -------------------------------------------------------------------------------------------------
 def train(model: nn.Module, runner: ForwardRunner, n: int, size: int, epochs: int = 3, train_bn: bool = False,
-          on_epoch: Callable[[int], None] | None = None) -> list[dict[str, float]]:
+          on_epoch: Callable[[int], None] | None = None, strategy: Any = None) -> list[dict[str, float]]:
     layer_map = discover_layers(model)
     controller = FreezeController(model, layer_map, make_optimizer_factory("adamw"), base_lr=3e-3, train_bn=train_bn)
 
@@ -221,7 +222,7 @@ def train(model: nn.Module, runner: ForwardRunner, n: int, size: int, epochs: in
 
     memory = PeakMemory(torch.device("cpu"))
     loop = TrainingLoop(
-        model, layer_map, BottomN(n=n), controller,  # type: ignore[arg-type]
+        model, layer_map, strategy or BottomN(n=n), controller,  # type: ignore[arg-type]
         loader(images(24, size, seed=7), batch_size=8, seed=11),
         loader(images(12, size, seed=8), batch_size=6, shuffle=False),
         LoopConfig(epochs=epochs, batch_size=8, eval_batch_size=6, scheduler="constant", divergence_factor=0.0),
@@ -266,6 +267,17 @@ def test_bottom_n_training_matches_direct_and_skips_the_prefix(build: Callable[[
     assert per_epoch[0] == [3 + 2] * n  # cold epoch: 3 train + 2 eval batches ran the frozen stages
     assert per_epoch[1:] == [[0] * n, [0] * n]  # afterwards: never
     assert runner.stats["built"] == [f"train@{d}" for d in range(1, n + 1)] + [f"eval@{d}" for d in range(1, n + 1)]
+
+
+def test_gradual_unfreezing_on_a_cnn_matches_direct(tmp_path: Path) -> None:
+    """Three stages, one unfrozen per epoch: depths 3, 2, 1 are served from the entries the first epoch built."""
+    direct = train(resnet(), DirectForward(), 0, 32, epochs=4, strategy=Gradual(unfreeze_every=1))
+    model = resnet()
+    runner = make_runner(discover_layers(model), tmp_path, split_sizes={"train": 24, "eval": 12})
+    cached = train(model, runner, 0, 32, epochs=4, strategy=Gradual(unfreeze_every=1))
+    assert_same_metrics(direct, cached)
+    assert sorted(runner.stats["built"]) == sorted(f"{s}@{d}" for s in ("train", "eval") for d in (1, 2, 3))
+    assert runner.stats["hits"] == 4  # epochs 2 and 3 (depths 2, 1), both splits
 
 
 def _bn_state(model: nn.Module, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:

@@ -305,7 +305,7 @@ class CachedPrefixForward:
         state = _SplitState(keys=keys, layout=name)
         for d in range(self.depth, 0, -1):
             entry = self._find(keys[d])
-            if entry is not None:
+            if entry is not None and entry.layout == name:  # another layout under one key would be a split-key bug
                 state.serve = entry
                 break
         found = state.serve_depth
