@@ -65,22 +65,17 @@ def token_fingerprints(batch: Mapping[str, torch.Tensor], mask: torch.Tensor) ->
 
 
 def pixel_fingerprints(pixel_values: torch.Tensor) -> np.ndarray:
-    """Per-example 64-bit fingerprint of the exact bits of ``pixel_values`` (the counterpart of
+    """Per-example 64-bit fingerprint (BLAKE2b) of the exact bytes of ``pixel_values`` (the counterpart of
     :func:`token_fingerprints` for images).
 
-    Why: evaluation transforms are deterministic, so an image gives the same bits in every epoch and trial; a batch
+    Why: evaluation transforms are deterministic, so an image gives the same bytes in every epoch and trial; a batch
     whose pixels differ from the captured ones (an augmented batch, a changed processor behind a stale split key) is
-    computed directly instead of being served another image's activations.
+    computed directly instead of being served another image's activations. A hash per example, not a vectorised mix
+    over the batch: an image has ~10⁵ values, and the mix's 64-bit temporaries would cost hundreds of MB per batch.
     """
-    n = int(pixel_values.shape[0])
-    bits = pixel_values.detach().to("cpu", torch.float32).reshape(n, -1).contiguous().view(torch.int32)
-    x = bits.numpy().astype(np.uint32).astype(np.uint64)
-    pos = np.arange(1, x.shape[1] + 1, dtype=np.uint64)
-    x = x * _MIX[0] + pos * _MIX[1]
-    x ^= x >> np.uint64(31)
-    x *= _MIX[3]
-    x ^= x >> np.uint64(29)
-    return x.sum(axis=1, dtype=np.uint64).view(np.int64)
+    rows = pixel_values.detach().cpu().contiguous().reshape(pixel_values.shape[0], -1).view(torch.uint8).numpy()
+    digests = [hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in rows]
+    return np.frombuffer(b"".join(digests), dtype=np.int64).copy()
 
 
 def model_fingerprint(model: nn.Module) -> str:
