@@ -65,7 +65,8 @@ class CaptureArena:
 
 
 class _TokenSink:
-    """The tokens of one depth during a capture: RAM chunks, then (past the budget) a raw spill file."""
+    """The rows of one depth during a capture (tokens for text, one per image): RAM chunks, then (past the budget) a
+    raw spill file."""
 
     def __init__(self, arena: CaptureArena) -> None:
         self.arena = arena
