@@ -183,7 +183,7 @@ def test_submission_row_numbers_and_missing_text_column(tmp_path):
     fake_study_folder(tmp_path / "out", ["negative", "positive"])
     test = tmp_path / "test.tsv"
     test.write_text("text\nthe match was good\npizza\nsoftware and data\n", encoding="utf-8")
-    path = predict_submission(spec, tmp_path / "out", test=test)
+    path = predict_submission(spec, tmp_path / "out", test=test).path
     frame = pd.read_csv(path, keep_default_na=False)
     assert path == tmp_path / "out" / "submission.csv"
     assert list(frame.columns) == ["id", "sentiment"]
@@ -205,7 +205,7 @@ def test_submission_proba_with_configured_id_column(tmp_path):
     fake_study_folder(tmp_path / "out", ["0", "1"])
     rows = [{"PassengerId": 892 + i, "text": t} for i, t in enumerate(["good match", "bad soup", "new app"])]
     (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    path = predict_submission(spec, tmp_path / "out", out_path=tmp_path / "sub" / "p.csv", proba=True)
+    path = predict_submission(spec, tmp_path / "out", out_path=tmp_path / "sub" / "p.csv", proba=True).path
     frame = pd.read_csv(path)
     assert list(frame.columns) == ["PassengerId", "0", "1"]
     assert frame["PassengerId"].tolist() == [892, 893, 894]
