@@ -156,3 +156,19 @@ def test_labelled_file_with_gaps_and_unknown_labels(study, tmp_path, capsys) -> 
     )
     assert "the model's labels are 'neg', 'pos'" in captured.err
     assert SUMMARY.search(captured.out) is None and (tmp_path / "u.csv").is_file()
+
+
+def test_a_changed_study_file_refuses_to_retrain(study, capsys) -> None:
+    """The retrain must be the trial's exact configuration: a changed training setting (its config key) or a changed
+    model/data/metric (the study's fingerprint) is refused before anything trains."""
+    study_file, out, _ = study
+    best = _best(out)
+    last = max(t.number for t in _optuna(out).get_trials() if t.state.name == "COMPLETE" and t.number != best)
+    assert not (out / "models" / f"trial_{last}").exists()
+    capsys.readouterr()
+    assert main([*_predict(study_file, out, "--trial", str(last)), "--set", "training.batch_size=8"]) == EXIT_FAILURE
+    assert f"trial {last}'s configuration is no longer what the study file describes" in capsys.readouterr().err
+    assert main([*_predict(study_file, out, "--trial", str(last)), "--set", "task.max_length=12"]) == EXIT_FAILURE
+    assert "was run with another model/data/metric than the study file now describes" in capsys.readouterr().err
+    assert not (out / "models" / f"trial_{last}").exists()
+    assert not list((out / "models").glob(".retrain_*"))  # no half-trained staging folder left behind
