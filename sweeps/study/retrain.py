@@ -202,6 +202,8 @@ def ensure_trial_model(
     predict (pruned, failed, running, unknown)."""
     say = say or log.info
     out = Path(out)
+    if has_saved_model(trial_model_dir(out, number)):  # kept (the best) or retrained before: the study is not needed
+        return number
     study = _load_study(spec, out)
     trial = trial_for_prediction(study, number)
     if not has_saved_model(trial_model_dir(out, trial.number)):
