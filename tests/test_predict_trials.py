@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import optuna
@@ -172,3 +173,30 @@ def test_a_changed_study_file_refuses_to_retrain(study, capsys) -> None:
     assert "was run with another model/data/metric than the study file now describes" in capsys.readouterr().err
     assert not (out / "models" / f"trial_{last}").exists()
     assert not list((out / "models").glob(".retrain_*"))  # no half-trained staging folder left behind
+
+
+def test_a_retrain_that_does_not_reproduce_the_trial_warns(study, tmp_path, capsys) -> None:
+    """The recorded metric is what the retrain is checked against: when it differs (here: edited in the storage, as
+    a nondeterministic GPU kernel or a changed data file would make it), the user is told, with both values."""
+    import sqlite3
+
+    study_file, out, _ = study
+    other = _non_best(out)
+    shutil.rmtree(out / "models" / f"trial_{other.number}", ignore_errors=True)
+    db = sqlite3.connect(out / "optuna.db")
+    query = ("UPDATE trial_user_attributes SET value_json = ? WHERE key = 'metric.accuracy' AND trial_id = "
+             "(SELECT trial_id FROM trials WHERE number = ?)")
+    try:
+        db.execute(query, ("0.123", other.number))
+        db.commit()
+        capsys.readouterr()
+        args = [*_predict(study_file, out, "--trial", str(other.number)), "--out", str(tmp_path / "s.csv")]
+        assert main(args) == EXIT_OK
+        err = capsys.readouterr().err
+    finally:
+        db.execute(query, (json.dumps(other.user_attrs["metric.accuracy"]), other.number))
+        db.commit()
+        db.close()
+    assert f"warning: trial {other.number} retrained, but its validation metrics differ from the recorded ones: " in err
+    assert f"accuracy {other.user_attrs['metric.accuracy']:.6g} (recorded 0.123)" in err
+    assert "as recorded" not in err
