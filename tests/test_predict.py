@@ -391,3 +391,13 @@ def test_kaggle_flow_end_to_end(tmp_path, capsys):
     assert preds["prediction"].tolist() == sub["label"].tolist()
 
     assert time.monotonic() - start < 90
+
+
+def test_retrain_needs_the_study_storage(tmp_path):
+    from sweeps.study.retrain import ensure_trial_model
+
+    spec = _spec(tmp_path)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SweepsError, match=r"no study storage at .*optuna.db: run the study first"):
+        ensure_trial_model(spec, tmp_path / "out", 2)
+    assert not (tmp_path / "out" / "optuna.db").exists()  # asking did not create an empty study

@@ -33,7 +33,7 @@ from sweeps.errors import SweepsError
 from sweeps.metrics import QUALITY_METRICS
 from sweeps.predict import has_saved_model
 from sweeps.records import StudyAttr, TrialAttr, models_dir, trial_metrics, trial_model_dir
-from sweeps.study.storage import open_storage
+from sweeps.study.storage import lock_file_target, open_storage, storage_url
 from sweeps.study.suggest import TrialParams, suggest
 
 if TYPE_CHECKING:
@@ -65,6 +65,9 @@ def _load_study(spec: StudySpec, out: Path) -> optuna.Study:
     if not out.is_dir():
         raise SweepsError(f"study folder {out} does not exist: run the study first (python -m sweeps run <study.yaml>)")
     name = spec.optuna.study_name
+    database = lock_file_target(storage_url(spec))
+    if database is not None and not database.is_file():  # opening it would create an empty one
+        raise SweepsError(f"no study storage at {database}: run the study first (python -m sweeps run <study.yaml>)")
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(spec))
     except KeyError:
