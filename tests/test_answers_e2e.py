@@ -85,11 +85,11 @@ def test_confirmation_seeds_and_held_out_test(assets: tuple[Path, Path], tmp_pat
 
     assert main(["report", str(study_file), "--output", str(out), "--format", "json"]) == 0
 
-    # predict with any trial whose model is kept (the best one), and a clear error for one that is not
+    # predict with the kept model (the best one); load_best on a bare folder cannot retrain another trial: it says how
     assert main(["predict", str(study_file), "--output", str(out), "--trial", str(best)]) == 0
     assert (out / "submission.csv").is_file()
     other = next(t.number for t in search if t.number != best)
-    with pytest.raises(SweepsError, match=f"trial {other} has no saved model"):
+    with pytest.raises(SweepsError, match=f"trial {other} has no saved model.*predict <study.yaml> --trial {other}"):
         load_best(out, trial=other)
 
 
