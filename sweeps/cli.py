@@ -247,7 +247,11 @@ def _run_here(spec: StudySpec, out: Path, report: bool = True, resume: str | Non
                 log.debug("parent run not ended: %s", exc)
         return _interrupted(resume or f"python -m sweeps run {spec.source_path} --output {out}", stop)
     if not _is_worker():  # one summary, the parent's: it also ends the parent run once every worker is done
-        _summary(runner, out, report)
+        from sweeps.phases import REPORT, timed
+
+        with timed(REPORT):
+            _summary(runner, out, report)
+    log.debug("time by phase: %s", runner.write_phases())
     completed = [t for t in runner.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     del reports
     if not completed:

@@ -47,6 +47,7 @@ class StudyAttr:
     MLFLOW_PARENT = "mlflow_parent_run_id"
     LAST_SURPLUS = "_last_surplus"
     LABELS = "labels"  # label names in id order (the report reads predictions files with them)
+    PHASES_PREFIX = "phases."  # ``phases.<trial number>``: that trial's wall seconds by phase (sweeps.phases)
     TEST_PREFIX = "test."  # ``test.<trial number>``: a finalist's held-out test metrics (finished trials are frozen)
 
 
@@ -130,6 +131,11 @@ def predictions_file(out: Path, number: int, out_of_fold: bool) -> Path:
 
 def report_dir(out: Path) -> Path:
     return out / "report"
+
+
+def phases_file(out: Path, host: str, pid: int) -> Path:
+    """One process's time by phase (:mod:`sweeps.phases`); several workers write one file each."""
+    return out / "phases" / f"{host}-{pid}.json"
 
 
 def tokenized_cache_dir(out: Path) -> Path:

@@ -18,6 +18,7 @@ LAYERS = {
     "metrics": 0,
     "records": 0,
     "health": 0,
+    "phases": 0,
     "config": 1,
     "signals": 1,
     "data": 2,

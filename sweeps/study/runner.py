@@ -24,7 +24,17 @@ from optuna.trial import TrialState
 from sweeps.config import StudySpec
 from sweeps.config.search_space import STRATEGY_PARAM
 from sweeps.errors import Interrupted, SpecError, SweepsError
-from sweeps.records import Artifact, StudyAttr, Tag, TrialAttr, best_model_pointer, metric_attr, trial_model_dir
+from sweeps.phases import CLOCK, EVALUATION, MODEL_LOAD, since, timed
+from sweeps.records import (
+    Artifact,
+    StudyAttr,
+    Tag,
+    TrialAttr,
+    best_model_pointer,
+    metric_attr,
+    phases_file,
+    trial_model_dir,
+)
 from sweeps.signals import ignoring_stop_signals
 from sweeps.study.confirm import choose_finalists, confirmation_seed, enqueue_confirmations, is_confirmation
 from sweeps.study.recovery import (
@@ -98,6 +108,7 @@ class StudyRunner:
         )
         self.ctx: StudyContext | None = None
         self.parent_run_id: str | None = None
+        self._started = (time.perf_counter(), CLOCK.snapshot())
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -204,8 +215,10 @@ class StudyRunner:
 
         if not model_dir.exists():
             return
-        model = load_model_folder(model_dir, number, max_length=self.spec.task.max_length)
-        metrics = evaluate_test_split(model, self.ctx.data, self.spec)
+        with timed(MODEL_LOAD):
+            model = load_model_folder(model_dir, number, max_length=self.spec.task.max_length)
+        with timed(EVALUATION):
+            metrics = evaluate_test_split(model, self.ctx.data, self.spec)
         self.study.set_user_attr(f"{TEST_ATTR}{number}", metrics)
         run_id = next((t.user_attrs.get(TrialAttr.MLFLOW_RUN) for t in self.study.get_trials(deepcopy=False)
                        if t.number == number), None)
@@ -248,6 +261,25 @@ class StudyRunner:
             room = None if room is None else room - 1
 
     def run_one(self, n_trials: int | None) -> TrialReport | None:
+        """Ask for one trial and run it (or skip it); where its wall time went is recorded on the study (attribute
+        ``phases.<n>``, see :mod:`sweeps.phases`), after everything the trial costs, saving the best model included."""
+        before, start = CLOCK.snapshot(), time.perf_counter()
+        report = self._run_one(n_trials)
+        if report is not None:
+            spent = since(before, CLOCK.snapshot(), time.perf_counter() - start)
+            self.study.set_user_attr(f"{StudyAttr.PHASES_PREFIX}{report.number}", spent)
+        return report
+
+    def write_phases(self) -> Path:
+        """This process's time by phase since the runner was made, as ``<out>/phases/<host>-<pid>.json``."""
+        wall = time.perf_counter() - self._started[0]
+        path = phases_file(self.output, HOST, os.getpid())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        spent = since(self._started[1], CLOCK.snapshot(), wall)
+        path.write_text(json.dumps({"wall_s": round(wall, 3), "phases": spent}, indent=1))
+        return path
+
+    def _run_one(self, n_trials: int | None) -> TrialReport | None:
         from sweeps.study.suggest import suggest
 
         trial = self.study.ask()

@@ -16,20 +16,36 @@ view compares studies without expanding them; its number, strategy and parameter
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sweeps.config import mask_secrets
 from sweeps.errors import SweepsError
+from sweeps.phases import TRACKING, timed
 from sweeps.records import StudyAttr, Tag
 
 log = logging.getLogger(__name__)
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _timed(method: _Method) -> _Method:
+    """Count the call as the ``tracking`` phase (:mod:`sweeps.phases`): what MLflow costs a study is measured."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with timed(TRACKING):
+            return method(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
     if isinstance(value, Mapping):
@@ -87,6 +103,7 @@ class Tracker:
             ) from exc
 
     # -- runs ---------------------------------------------------------------------------------------------------
+    @_timed
     def parent_run(self, study: Any, run_name: str, tags: Mapping[str, str]) -> str | None:
         """The study's parent run: reused from the study's attributes, created on first use."""
         if not self.enabled:
@@ -105,6 +122,7 @@ class Tracker:
         study.set_user_attr(StudyAttr.MLFLOW_PARENT, run.info.run_id)
         return run.info.run_id
 
+    @_timed
     def start_trial(
         self, parent_id: str | None, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]
     ) -> str | None:
@@ -119,6 +137,7 @@ class Tracker:
         self.log_params(run.info.run_id, flat)
         return run.info.run_id
 
+    @_timed
     def log_params(self, run_id: str | None, params: Mapping[str, str]) -> None:
         if not self.enabled or run_id is None:
             return
@@ -128,6 +147,7 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i : i + 100])
 
+    @_timed
     def log_metrics(self, run_id: str | None, metrics: Mapping[str, float], step: int) -> None:
         if not self.enabled or run_id is None:
             return
@@ -140,6 +160,7 @@ class Tracker:
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i : i + 500])
 
+    @_timed
     def set_tags(self, run_id: str | None, tags: Mapping[str, Any]) -> None:
         if not self.enabled or run_id is None:
             return
@@ -147,12 +168,14 @@ class Tracker:
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
+    @_timed
     def end_run(self, run_id: str | None, status: str) -> None:
         """``status``: FINISHED, FAILED or KILLED (MLflow's run statuses)."""
         if not self.enabled or run_id is None:
             return
         self.client.set_terminated(run_id, status=status)
 
+    @_timed
     def log_best(
         self, parent_id: str | None, number: int, strategy: str, params: Mapping[str, Any],
         metrics: Mapping[str, float], step: int,
@@ -168,6 +191,7 @@ class Tracker:
         tags.update({f"{Tag.BEST_PREFIX}param.{k}": v for k, v in params.items()})
         self.set_tags(parent_id, tags)
 
+    @_timed
     def log_transformers_model(self, run_id: str | None, model_dir: Path, name: str = "model") -> str | None:
         """Log a saved classifier with MLflow's ``transformers`` flavour (a text-classification pipeline), so it is a
         Logged Model of the run: registrable, loadable with ``mlflow.pyfunc.load_model`` and servable with ``mlflow
@@ -197,6 +221,7 @@ class Tracker:
         return info.model_uri
 
     # -- artifacts ------------------------------------------------------------------------------------------------
+    @_timed
     def log_text(self, run_id: str | None, text: str, artifact_file: str) -> None:
         if not self.enabled or run_id is None:
             return
@@ -205,11 +230,13 @@ class Tracker:
     def log_json(self, run_id: str | None, obj: Any, artifact_file: str) -> None:
         self.log_text(run_id, json.dumps(obj, indent=2, default=str), artifact_file)
 
+    @_timed
     def log_file(self, run_id: str | None, path: Path, artifact_path: str | None = None) -> None:
         if not self.enabled or run_id is None:
             return
         self.client.log_artifact(run_id, str(path), artifact_path)
 
+    @_timed
     def log_dir(self, run_id: str | None, path: Path, artifact_path: str | None = None) -> None:
         if not self.enabled or run_id is None:
             return

@@ -16,6 +16,7 @@ from sweeps.config import DataConfig, StudySpec
 from sweeps.data import TaskData, load_task_data, make_collator, tokenization_key, tokenize_split
 from sweeps.data.images import ImageCollator, image_split_key
 from sweeps.errors import SpecError
+from sweeps.phases import MODEL_LOAD, SAVING, TOKENISATION, timed
 from sweeps.records import tokenized_cache_dir
 from sweeps.train.custom_models import FactorySource, build_custom, is_custom, resolve_factory, save_custom
 from sweeps.train.image_models import load_image_processor, resolve_modality
@@ -77,6 +78,11 @@ class StudyContext:
 
     @classmethod
     def prepare(cls, spec: StudySpec, output: Path, dataframe: Any = None) -> StudyContext:
+        with timed(TOKENISATION):
+            return cls._prepare(spec, output, dataframe)
+
+    @classmethod
+    def _prepare(cls, spec: StudySpec, output: Path, dataframe: Any) -> StudyContext:
         device = resolve_device(spec.training.device)
         if spec.training.num_threads:
             torch.set_num_threads(spec.training.num_threads)
@@ -127,18 +133,20 @@ class StudyContext:
 
     def build_model(self, head: dict[str, Any] | None = None) -> torch.nn.Module:
         """A fresh model on the study's device; ``head`` is a trial's ``task.head`` (see :func:`build_custom`)."""
-        if is_custom(self.spec):
-            return build_custom(self.spec, self.model_source, self.data.label_names, head).to(self.device)
-        return load_classifier(self.model_source, self.data.label_names).to(self.device)
+        with timed(MODEL_LOAD):
+            if is_custom(self.spec):
+                return build_custom(self.spec, self.model_source, self.data.label_names, head).to(self.device)
+            return load_classifier(self.model_source, self.data.label_names).to(self.device)
 
     def save_model(self, model: torch.nn.Module, folder: Path) -> None:
         """The trained model and its tokenizer, reloadable by ``predict``."""
-        folder.mkdir(parents=True, exist_ok=True)
-        if is_custom(self.spec):
-            save_custom(model, folder, self.model_source, self.data.label_names)
-        else:
-            model.save_pretrained(folder)
-        self.tokenizer.save_pretrained(folder)
+        with timed(SAVING):
+            folder.mkdir(parents=True, exist_ok=True)
+            if is_custom(self.spec):
+                save_custom(model, folder, self.model_source, self.data.label_names)
+            else:
+                model.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
 
 
 def model_source(spec: StudySpec) -> ModelSource | FactorySource:

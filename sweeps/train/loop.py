@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from strategies import FreezeController, LayerMap, Strategy, frozen_prefix_depth
 from sweeps.metrics import classification_metrics, is_better
+from sweeps.phases import EVALUATION, TRAINING, timed
 from sweeps.train.forward import DirectForward, ForwardRunner
 from sweeps.train.memory import PeakMemory
 
@@ -233,8 +234,10 @@ class TrainingLoop:
         for epoch in range(cfg.epochs):
             changed = self._apply_plan(epoch)
             self.controller.set_lr_factor(schedule.factor)
-            train_loss, train_time, seen = self._train_epoch(epoch, schedule, first_losses)
-            eval_metrics, probs, labels, eval_time = self.evaluate()
+            with timed(TRAINING):
+                train_loss, train_time, seen = self._train_epoch(epoch, schedule, first_losses)
+            with timed(EVALUATION):
+                eval_metrics, probs, labels, eval_time = self.evaluate()
             metrics = {
                 "train_loss": train_loss,
                 **eval_metrics,

@@ -37,6 +37,7 @@ from sweeps.config import TrainingConfig
 from sweeps.data import stratified_folds
 from sweeps.errors import SpecError
 from sweeps.metrics import BEST_EPOCH_METRICS, classification_metrics, confusion
+from sweeps.phases import FREEZE_CHECK, SETUP, timed
 from sweeps.records import activation_cache_dir
 from sweeps.train.context import StudyContext, layer_spec
 from sweeps.train.forward import DirectForward, ForwardRunner
@@ -159,43 +160,45 @@ def train_once(
     from transformers import set_seed
 
     set_seed(training.seed)
-    model = ctx.build_model(head)
-    layer_map = discover_layers(model, layer_spec(ctx.spec))
-    names = ctx.spec.strategy_names
-    strategy = check_strategy(
-        strategy_name, strategy_params, layer_map, index=names.index(strategy_name) if strategy_name in names else None
-    )
-    strategy = with_head_scale(strategy, training.head_lr_scale)
-    if training.gradient_checkpointing:
-        if not hasattr(model, "gradient_checkpointing_enable"):
-            raise SpecError("training.gradient_checkpointing", f"{type(model).__name__} cannot checkpoint its blocks")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    train_loader = _loader(ctx, train_ds, training.batch_size, True, training.seed, training.group_by_length)
-    eval_loader = _loader(ctx, eval_ds, training.eval_batch_size, False, training.seed, False)
-    # the eval loader, not the train loader: drawing a batch from the shuffled loader would move its generator
-    unused = probe_unused(model, next(iter(eval_loader)), ctx.device)
-    optimizer_kwargs: dict[str, Any] = {}
-    if training.optimizer == "sgd":
-        optimizer_kwargs["momentum"] = training.momentum
-    controller = FreezeController(
-        model,
-        layer_map,
-        make_optimizer_factory(training.optimizer, **optimizer_kwargs),
-        base_lr=training.learning_rate,
-        weight_decay=training.weight_decay,
-        frozen_dropout=training.frozen_dropout,
-        train_bn=training.train_bn,
-        # only checkpointed blocks need their input to require grad; otherwise it would cost an input gradient
-        trainable_input=training.gradient_checkpointing,
-        exclude=unused,
-    )
-    initial_plan = strategy.plan(layer_map, 0, 0)
-    table = annotate_unused(describe(layer_map, initial_plan), layer_map, unused)
-    table_text = f"layer map: {layer_map.source}\nstrategy: {strategy_name} {strategy.params()}\n" + format_table(table)
-    if note := unused_text(table):
-        log.info(note)
-        table_text += "\n" + note
-    runner = _make_runner(ctx, layer_map, training, keys, train_ds, eval_ds)
+    with timed(SETUP):  # layer discovery, the unused-parameter probe, the optimizer, the frozen checksums
+        model = ctx.build_model(head)
+        layer_map = discover_layers(model, layer_spec(ctx.spec))
+        names = ctx.spec.strategy_names
+        index = names.index(strategy_name) if strategy_name in names else None
+        strategy = check_strategy(strategy_name, strategy_params, layer_map, index=index)
+        strategy = with_head_scale(strategy, training.head_lr_scale)
+        if training.gradient_checkpointing:
+            if not hasattr(model, "gradient_checkpointing_enable"):
+                what = f"{type(model).__name__} cannot checkpoint its blocks"
+                raise SpecError("training.gradient_checkpointing", what)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        train_loader = _loader(ctx, train_ds, training.batch_size, True, training.seed, training.group_by_length)
+        eval_loader = _loader(ctx, eval_ds, training.eval_batch_size, False, training.seed, False)
+        # the eval loader, not the train loader: drawing a batch from the shuffled loader would move its generator
+        unused = probe_unused(model, next(iter(eval_loader)), ctx.device)
+        optimizer_kwargs: dict[str, Any] = {}
+        if training.optimizer == "sgd":
+            optimizer_kwargs["momentum"] = training.momentum
+        controller = FreezeController(
+            model,
+            layer_map,
+            make_optimizer_factory(training.optimizer, **optimizer_kwargs),
+            base_lr=training.learning_rate,
+            weight_decay=training.weight_decay,
+            frozen_dropout=training.frozen_dropout,
+            train_bn=training.train_bn,
+            # only checkpointed blocks need their input to require grad; otherwise it would cost an input gradient
+            trainable_input=training.gradient_checkpointing,
+            exclude=unused,
+        )
+        initial_plan = strategy.plan(layer_map, 0, 0)
+        table = annotate_unused(describe(layer_map, initial_plan), layer_map, unused)
+        table_text = f"layer map: {layer_map.source}\nstrategy: {strategy_name} {strategy.params()}\n"
+        table_text += format_table(table)
+        if note := unused_text(table):
+            log.info(note)
+            table_text += "\n" + note
+        runner = _make_runner(ctx, layer_map, training, keys, train_ds, eval_ds)
     memory = PeakMemory(ctx.device)
     loop_config = LoopConfig(
         epochs=training.epochs,
@@ -235,7 +238,8 @@ def train_once(
         if result.stop_reason is not None:
             _report_verification(controller, on_verified)
             return result, False, table, table_text, {}
-        verified = controller.finish()
+        with timed(FREEZE_CHECK):
+            verified = controller.finish()
         if on_verified is not None:
             on_verified(verified)
         controller.require_verified()
