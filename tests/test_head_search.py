@@ -65,6 +65,9 @@ def test_the_fingerprint_covers_the_fixed_head_fields_only() -> None:
     wider = {**SEARCHED_HEAD, "activation": "relu", "dropout": {"type": "float", "low": 0, "high": 0.5}}
     assert parse_spec(_spec(wider), ".").fingerprint() == base
     assert parse_spec(_spec({**SEARCHED_HEAD, "activation": "gelu"}), ".").fingerprint() != base
+    # a head without search entries is fingerprinted as before searchable fields existed: such studies stay resumable
+    fixed = parse_spec(_spec({"pooling": "mean", "hidden": [8]}), ".").task.head
+    assert fixed.fixed() == fixed.model_dump(mode="json") == fixed.representative()
 
 
 @pytest.mark.parametrize(
@@ -146,7 +149,7 @@ def _linear_shapes(model: nn.Module) -> list[tuple[int, int]]:
 
 
 @pytest.mark.slow
-def test_a_searched_head_study_trains_different_heads_and_predict_rebuilds_the_best(tmp_path: Path) -> None:
+def test_a_searched_head_study_trains_different_heads_and_predict_rebuilds_the_best(tmp_path: Path, capsys) -> None:
     from sweeps.predict import load_best
 
     model = make_tiny_model(tmp_path / "model")
@@ -161,6 +164,10 @@ def test_a_searched_head_study_trains_different_heads_and_predict_rebuilds_the_b
         optuna={"n_trials": 3, "pruner": "none", "sampler": "grid"},
     )
     out = tmp_path / "out"
+    # before any trial, inspect shows one representative head: the first choices (cls, no hidden layer)
+    assert main(["inspect", str(study), "--format", "json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["head"]["num_params"] == POOLER_SIZE + _head_size([])
     assert main(["run", str(study), "--output", str(out)]) == 0
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
