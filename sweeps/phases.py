@@ -19,14 +19,16 @@ from collections.abc import Iterator
 # one owner for the phase names (the trial attribute, the per-process file and the benchmark all use these)
 MODEL_LOAD = "model_load"  # from_pretrained / the factory, moving to the device
 TOKENISATION = "tokenisation"  # reading data, tokenising (or reading the tokenisation cache), image processors
+SETUP = "setup"  # per trial: layer discovery, the unused-parameter probe, optimizer, checksums of what is frozen
 TRAINING = "training"  # training epochs: forward, backward, optimizer (includes building the activation cache)
 EVALUATION = "evaluation"  # validation after each epoch, the held-out test split
+FREEZE_CHECK = "freeze_check"  # per trial: comparing the frozen checksums after training (the bit-identical proof)
 SAVING = "saving"  # writing the kept model to the study folder
 TRACKING = "tracking"  # MLflow calls
 REPORT = "report"  # the study report at the end
 OTHER = "other"  # wall time no phase claims: Optuna storage, sampling, Python overhead
 
-PHASES = (MODEL_LOAD, TOKENISATION, TRAINING, EVALUATION, SAVING, TRACKING, REPORT)
+PHASES = (MODEL_LOAD, TOKENISATION, SETUP, TRAINING, EVALUATION, FREEZE_CHECK, SAVING, TRACKING, REPORT)
 COMPUTE = (TRAINING, EVALUATION)  # a trial's useful work; everything else is fixed overhead
 
 

@@ -36,6 +36,7 @@ SCRIPTS = {
     "bench_study_cache.py": ["--smoke", "--model", "../inputs/model", "--data", "../inputs/data", "--out", "study-out"],
     "bench_workers.py": ["--smoke", "--model", "../inputs/model", "--keep", "workers-out"],
     "bench_efficacy.py": ["--smoke", "--model", "../inputs/model", "--data", "../inputs/data", "--out", "eff-out"],
+    "bench_study_cost.py": ["--smoke", "--model", "../inputs/model", "--data", "../inputs/data", "--out", "cost-out"],
 }
 
 
@@ -165,3 +166,17 @@ def test_bench_efficacy_smoke(runs: dict[str, Run]) -> None:
     (study,) = results["studies"].values()
     assert study["trials"] >= 5 and study["wall_vs_default"] > 0
     assert "same recommendation across study seeds" in run.stdout
+
+
+def test_bench_study_cost_smoke(runs: dict[str, Run]) -> None:
+    run = runs["bench_study_cost.py"].check()
+    results = json.loads((run.cwd / "cost-out" / "results.json").read_text())
+    assert results["trials"] == 3
+    for arm in ("default", "study", "speed_ups_off"):
+        r = results[arm]
+        assert r["wall_s"] > 0 and r["strategy"] is not None, (arm, r)
+        assert {"startup", "tokenisation", "model_load", "training", "evaluation", "other"} <= set(r["phases"]), arm
+        assert sum(r["phases"].values()) == pytest.approx(r["wall_s"], rel=0.05), arm
+        assert r["trials"] and all(0 <= t["overhead"] <= 1 for t in r["trials"]), arm
+    assert len(results["default"]["trials"]) == 1
+    assert "x (a)" in run.stdout and "per-trial fixed overhead" in run.stdout, run.stdout

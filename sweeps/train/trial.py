@@ -37,6 +37,7 @@ from sweeps.config import TrainingConfig
 from sweeps.data import stratified_folds
 from sweeps.errors import SpecError
 from sweeps.metrics import BEST_EPOCH_METRICS, classification_metrics, confusion
+from sweeps.phases import FREEZE_CHECK, SETUP, timed
 from sweeps.records import activation_cache_dir
 from sweeps.train.context import StudyContext, layer_spec
 from sweeps.train.forward import DirectForward, ForwardRunner
@@ -148,53 +149,56 @@ def train_once(
     observer: EpochObserver | None = None,
     save_to: Path | None = None,
     on_verified: Callable[[bool], None] | None = None,
+    head: dict[str, Any] | None = None,
 ) -> tuple[LoopResult, bool, list[dict[str, Any]], str, dict[str, Any]]:
     """Train one model; returns (loop result, frozen verified, layer table, table text, cache stats). When the
     observer stopped the loop (``result.stop_reason``), nothing is verified or saved: the trial is abandoned.
 
     ``on_verified(ok)`` hears the verification of what was frozen up to the end of training however it ended —
     completed, stopped by the observer (pruned) or failed after training started — so every trial that trained
-    carries the proof, not only completed ones."""
+    carries the proof, not only completed ones. ``head`` is the trial's ``task.head`` (plain values), if any."""
     from transformers import set_seed
 
     set_seed(training.seed)
-    model = ctx.build_model()
-    layer_map = discover_layers(model, layer_spec(ctx.spec))
-    names = ctx.spec.strategy_names
-    strategy = check_strategy(
-        strategy_name, strategy_params, layer_map, index=names.index(strategy_name) if strategy_name in names else None
-    )
-    strategy = with_head_scale(strategy, training.head_lr_scale)
-    if training.gradient_checkpointing:
-        if not hasattr(model, "gradient_checkpointing_enable"):
-            raise SpecError("training.gradient_checkpointing", f"{type(model).__name__} cannot checkpoint its blocks")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    train_loader = _loader(ctx, train_ds, training.batch_size, True, training.seed, training.group_by_length)
-    eval_loader = _loader(ctx, eval_ds, training.eval_batch_size, False, training.seed, False)
-    # the eval loader, not the train loader: drawing a batch from the shuffled loader would move its generator
-    unused = probe_unused(model, next(iter(eval_loader)), ctx.device)
-    optimizer_kwargs: dict[str, Any] = {}
-    if training.optimizer == "sgd":
-        optimizer_kwargs["momentum"] = training.momentum
-    controller = FreezeController(
-        model,
-        layer_map,
-        make_optimizer_factory(training.optimizer, **optimizer_kwargs),
-        base_lr=training.learning_rate,
-        weight_decay=training.weight_decay,
-        frozen_dropout=training.frozen_dropout,
-        train_bn=training.train_bn,
-        # only checkpointed blocks need their input to require grad; otherwise it would cost an input gradient
-        trainable_input=training.gradient_checkpointing,
-        exclude=unused,
-    )
-    initial_plan = strategy.plan(layer_map, 0, 0)
-    table = annotate_unused(describe(layer_map, initial_plan), layer_map, unused)
-    table_text = f"layer map: {layer_map.source}\nstrategy: {strategy_name} {strategy.params()}\n" + format_table(table)
-    if note := unused_text(table):
-        log.info(note)
-        table_text += "\n" + note
-    runner = _make_runner(ctx, layer_map, training, keys, train_ds, eval_ds)
+    with timed(SETUP):  # layer discovery, the unused-parameter probe, the optimizer, the frozen checksums
+        model = ctx.build_model(head)
+        layer_map = discover_layers(model, layer_spec(ctx.spec))
+        names = ctx.spec.strategy_names
+        index = names.index(strategy_name) if strategy_name in names else None
+        strategy = check_strategy(strategy_name, strategy_params, layer_map, index=index)
+        strategy = with_head_scale(strategy, training.head_lr_scale)
+        if training.gradient_checkpointing:
+            if not hasattr(model, "gradient_checkpointing_enable"):
+                what = f"{type(model).__name__} cannot checkpoint its blocks"
+                raise SpecError("training.gradient_checkpointing", what)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        train_loader = _loader(ctx, train_ds, training.batch_size, True, training.seed, training.group_by_length)
+        eval_loader = _loader(ctx, eval_ds, training.eval_batch_size, False, training.seed, False)
+        # the eval loader, not the train loader: drawing a batch from the shuffled loader would move its generator
+        unused = probe_unused(model, next(iter(eval_loader)), ctx.device)
+        optimizer_kwargs: dict[str, Any] = {}
+        if training.optimizer == "sgd":
+            optimizer_kwargs["momentum"] = training.momentum
+        controller = FreezeController(
+            model,
+            layer_map,
+            make_optimizer_factory(training.optimizer, **optimizer_kwargs),
+            base_lr=training.learning_rate,
+            weight_decay=training.weight_decay,
+            frozen_dropout=training.frozen_dropout,
+            train_bn=training.train_bn,
+            # only checkpointed blocks need their input to require grad; otherwise it would cost an input gradient
+            trainable_input=training.gradient_checkpointing,
+            exclude=unused,
+        )
+        initial_plan = strategy.plan(layer_map, 0, 0)
+        table = annotate_unused(describe(layer_map, initial_plan), layer_map, unused)
+        table_text = f"layer map: {layer_map.source}\nstrategy: {strategy_name} {strategy.params()}\n"
+        table_text += format_table(table)
+        if note := unused_text(table):
+            log.info(note)
+            table_text += "\n" + note
+        runner = _make_runner(ctx, layer_map, training, keys, train_ds, eval_ds)
     memory = PeakMemory(ctx.device)
     loop_config = LoopConfig(
         epochs=training.epochs,
@@ -234,7 +238,8 @@ def train_once(
         if result.stop_reason is not None:
             _report_verification(controller, on_verified)
             return result, False, table, table_text, {}
-        verified = controller.finish()
+        with timed(FREEZE_CHECK):
+            verified = controller.finish()
         if on_verified is not None:
             on_verified(verified)
         controller.require_verified()
@@ -295,13 +300,14 @@ def run_trial(
     observer: TrialObserver | None = None,
     model_dir: Path | None = None,
     on_verified: Callable[[bool], None] | None = None,
+    head: dict[str, Any] | None = None,
 ) -> TrialOutcome | Stopped:
     """Train with one strategy: on the train/validation split, or over stratified folds when ``task.cv.folds`` ≥ 2
     (the objective is then the mean over folds; out-of-fold predictions are returned). The observer sees every epoch
     of a train/validation run, or the running mean after every fold; when it returns a reason the trial stops and
-    :class:`Stopped` is returned."""
+    :class:`Stopped` is returned. ``head``: the trial's ``task.head`` (sampled), built and saved with its model."""
     if ctx.spec.task.cv.enabled:
-        return _run_cv(ctx, strategy_name, strategy_params, training, observer, model_dir, on_verified)
+        return _run_cv(ctx, strategy_name, strategy_params, training, observer, model_dir, on_verified, head)
     result, verified, table, text, stats = train_once(
         ctx,
         strategy_name,
@@ -313,6 +319,7 @@ def run_trial(
         observer=observer,
         save_to=model_dir,
         on_verified=on_verified,
+        head=head,
     )
     if result.stop_reason is not None:
         return Stopped(result.stop_reason)
@@ -341,6 +348,7 @@ def _run_cv(
     observer: TrialObserver | None,
     model_dir: Path | None,
     on_verified: Callable[[bool], None] | None = None,
+    head: dict[str, Any] | None = None,
 ) -> TrialOutcome | Stopped:
     folds = ctx.spec.task.cv.folds
     train = ctx.tokenized["train"]
@@ -365,6 +373,7 @@ def _run_cv(
             {"train": key + "-train", "eval": key + "-val"},
             save_to=(model_dir / f"fold_{k}") if model_dir else None,
             on_verified=on_verified,
+            head=head,
         )
         verified_all &= verified
         assert result.eval_probs is not None
