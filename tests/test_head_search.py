@@ -211,3 +211,12 @@ def test_a_searched_head_study_trains_different_heads_and_predict_rebuilds_the_b
     assert main(["predict", str(study), "--output", str(out)]) == 0
     submission = pd.read_csv(out / "submission.csv")
     assert len(submission) == 20 and set(submission["label"]) <= {"pos", "neg"}
+
+    # another trial's head is rebuilt too: predict --trial retrains it with its own sampled head, reproducing its metric
+    other = next(n for n in trials if n != best and trials[n].user_attrs.get("duplicate_of") is None)
+    capsys.readouterr()
+    assert main(["predict", str(study), "--output", str(out), "--trial", str(other)]) == 0
+    assert "as recorded" in capsys.readouterr().err
+    (retrained,) = load_best(out, trial=other).models
+    assert retrained.head_spec["hidden"] == json.loads(trials[other].params["head.hidden"])
+    assert retrained.pooling == trials[other].params["head.pooling"]

@@ -172,7 +172,7 @@ def retrain(spec: StudySpec, out: Path, trial: FrozenTrial, say: Callable[[str],
     start = time.monotonic()
     try:
         outcome = run_trial(ctx, params.strategy, params.strategy_params, params.training,
-                            observer=_Progress(trial.number, say), model_dir=staging)
+                            observer=_Progress(trial.number, say), model_dir=staging, head=params.head)
         if isinstance(outcome, Stopped):  # only an observer stops a trial, and this one never does
             raise SweepsError(f"retraining trial {trial.number} stopped: {outcome.reason}")
         if not has_saved_model(target):  # another process may have saved it meanwhile: then keep theirs
