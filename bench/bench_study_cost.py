@@ -10,7 +10,8 @@ In one invocation, with the real CLI and fresh study folders, on the same data:
 It prints the wall time of (b) and (c) as multiples of (a) (target for (b): ≤ 3×), (b)'s wall time by phase (model
 load, tokenisation, training, evaluation, saving, tracking, report, other — :mod:`sweeps.phases`; "startup" is the
 interpreter and imports before the runner exists), each trial's fixed overhead (everything but training and
-evaluation, target ≤ 5 % of the trial), and whether (b) and (c) recommend the same strategy.
+evaluation, target ≤ 5 % of the trial), whether (b) and (c) recommend the same strategy, and one lever measured in
+this process: re-reading the weights per trial against copying a model loaded once.
 
 Usage::
 
@@ -126,6 +127,29 @@ def study_outcome(out: Path, study_path: Path) -> dict[str, Any]:
     }
 
 
+def weight_load_lever(model: str, repeats: int = 5) -> dict[str, float]:
+    """The "load the weights once per process, copy them per trial" lever, measured in this process: a trial's
+    ``from_pretrained`` after the first (files in the page cache, safetensors memory-mapped) against ``deepcopy`` of an
+    already loaded model. Medians over ``repeats``; the first, cold load is reported separately."""
+    import copy
+
+    from sweeps.train.models import load_classifier, resolve_model
+
+    source = resolve_model(model)
+    start = time.perf_counter()
+    loaded = load_classifier(source, ["0", "1"])
+    cold = time.perf_counter() - start
+    loads, copies = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        load_classifier(source, ["0", "1"])
+        loads.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        copy.deepcopy(loaded)
+        copies.append(time.perf_counter() - start)
+    return {"cold_load_s": cold, "load_s": float(np.median(loads)), "deepcopy_s": float(np.median(copies))}
+
+
 def render(results: dict[str, Any]) -> str:
     a, b, c = results["default"], results["study"], results["speed_ups_off"]
     lines = [
@@ -150,6 +174,9 @@ def render(results: dict[str, Any]) -> str:
                  f"same: {b['strategy'] == c['strategy']}")
     if b["strategy"] != c["strategy"]:
         lines.append(f"best per strategy (b): {b['per_strategy']}; (c): {c['per_strategy']}")
+    lever = results["weight_load"]
+    lines.append(f"weights per trial: from_pretrained {lever['load_s'] * 1000:.0f} ms (first, cold: "
+                 f"{lever['cold_load_s']:.1f} s) vs deepcopy of a loaded model {lever['deepcopy_s'] * 1000:.0f} ms")
     return "\n".join(lines)
 
 
@@ -175,6 +202,7 @@ def main() -> None:
     study = study_file(args.out / "study.yaml", "study", args, strategies(args.layers),
                        {"n_trials": args.trials, "pruner": "median"}, {})
     results: dict[str, Any] = {"rows": args.rows, "epochs": args.epochs, "trials": args.trials}
+    results["weight_load"] = weight_load_lever(args.model)
     results["default"] = run_cli(default, args.out / "default")
     results["study"] = run_cli(study, args.out / "study")
     results["speed_ups_off"] = run_cli(study, args.out / "speed-ups-off", SPEED_UPS_OFF)

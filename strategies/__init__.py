@@ -53,7 +53,7 @@ from strategies.registry import (
     register,
     resolve,
 )
-from strategies.unused import find_unused_parameters, unused_by_group
+from strategies.unused import exclude_unused_parameters, find_unused_parameters, unused_by_group
 
 __all__ = [
     "EMBEDDINGS",
@@ -80,6 +80,7 @@ __all__ = [
     "discover_layers",
     "embedding_side",
     "ensure_trainable_input",
+    "exclude_unused_parameters",
     "find_unused_parameters",
     "first_trainable_block",
     "format_table",

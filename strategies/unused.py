@@ -4,7 +4,8 @@ Why: a custom head that mean-pools ``last_hidden_state`` never uses ``bert.poole
 group as trainable. It then occupies AdamW (state is created lazily, but the group is there), is counted in
 ``trainable_params`` (inflating the cost a report attributes to the strategy), and under DDP is the classic
 ``find_unused_parameters`` failure. :func:`find_unused_parameters` names such parameters;
-``FreezeController(..., exclude=names)`` keeps them out of the optimizer and out of the counts for the whole run.
+``FreezeController(..., exclude=names)`` keeps them out of the optimizer and out of the counts for the whole run, and
+:func:`exclude_unused_parameters` does it for a training loop of your own (before wrapping the model in DDP).
 
 A single batch sees a single path through the model: parameters used only on some inputs (a branch on the batch,
 mixture-of-experts routing) can look unused. The probe is for structurally dead parameters; check its answer (the
@@ -53,6 +54,32 @@ def find_unused_parameters(model: nn.Module, batch_or_loss: Any) -> set[str]:
                     b.copy_(saved_buffers[name])
 
 
+def exclude_unused_parameters(model: nn.Module, batch_or_loss: Any) -> set[str]:
+    """Find the parameters that never receive a gradient (:func:`find_unused_parameters`) and take them out of
+    training: ``requires_grad=False``. Returns their names.
+
+    For a training loop of your own, DDP in particular: ``DistributedDataParallel`` registers a gradient hook on every
+    parameter that requires grad when it is *constructed*, and with ``find_unused_parameters=False`` (the fast default)
+    a parameter that never gets a gradient keeps its bucket from being reduced, so the next forward fails with
+    "Expected to have finished reduction in the prior iteration" (or a rank waits). Call this on every rank *before*
+    wrapping the model and before building the optimizer from the parameters that still require grad::
+
+        exclude_unused_parameters(model, sample_batch)
+        ddp = DistributedDataParallel(model, find_unused_parameters=False)
+        optimizer = torch.optim.AdamW(p for p in ddp.parameters() if p.requires_grad)
+
+    Give every rank the same sample batch (or a loss built from it) so all ranks exclude the same names: DDP requires
+    the same set of trainable parameters on every rank. A study trial does the same through
+    ``FreezeController(..., exclude=find_unused_parameters(...))``, which also keeps the names out of its groups and
+    checksums them.
+    """
+    names = find_unused_parameters(model, batch_or_loss)
+    for name, param in model.named_parameters():
+        if name in names:
+            param.requires_grad_(False)
+    return names
+
+
 def unused_by_group(layer_map: LayerMap, names: set[str]) -> dict[str, list[str]]:
     """``names`` sorted into their layer groups (in model order), for a log line or the ``layer_groups`` artifact."""
     out: dict[str, list[str]] = {}
@@ -92,4 +119,4 @@ def _scalar(output: Any) -> torch.Tensor:
     )
 
 
-__all__ = ["find_unused_parameters", "unused_by_group"]
+__all__ = ["exclude_unused_parameters", "find_unused_parameters", "unused_by_group"]

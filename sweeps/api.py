@@ -3,6 +3,8 @@
     from sweeps.api import run_study, predict
     table = run_study("studies/kaggle_csv_cv.yaml", overrides=["optuna.n_trials=4"])   # one row per trial
     preds = predict("studies/kaggle_csv_cv.yaml", test_df)                            # prediction + prob_<label>
+    preds.attrs["metrics"]        # when test_df has the label column: accuracy, f1_macro, f1_weighted, rows, ...
+    predict("studies/kaggle_csv_cv.yaml", test_df, trial=3)   # any completed trial (retrained if not kept)
 
 ``study`` is a study file (str/Path), the same data as a dict, or a :class:`~sweeps.config.StudySpec`; where a study
 folder is enough (:func:`load_best`, :func:`predict`) the folder itself (or a loaded :class:`BestModel`) works too.
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.errors import DataError, SpecError
-from sweeps.predict import BestModel, predict_labels, predict_proba
+from sweeps.predict import BestModel, predict_labels, predict_proba, score_labels
 from sweeps.predict import load_best as _load_best_folder
 from sweeps.records import TrialAttr, default_storage_url, default_tracking_uri, trial_metrics
 
@@ -109,27 +111,34 @@ def run_study(
     return _table(runner.study)
 
 
-def _best_and_spec(study_or_out: Any) -> tuple[BestModel, Any]:
+def _best_and_spec(study_or_out: Any, trial: int | None = None) -> tuple[BestModel, Any]:
     from sweeps.config import StudySpec
 
     if isinstance(study_or_out, BestModel):
+        if trial is not None and trial != study_or_out.trial:
+            raise SpecError("", f"trial={trial}: the BestModel passed is trial {study_or_out.trial}'s")
         return study_or_out, None
     if isinstance(study_or_out, (str, Path)) and Path(study_or_out).is_dir():
-        return _load_best_folder(Path(study_or_out)), None
+        return _load_best_folder(Path(study_or_out), trial=trial), None  # a folder alone cannot retrain: no spec
     if isinstance(study_or_out, (str, Path, dict, StudySpec)):
         spec = load_study_spec(study_or_out)
+        if trial is not None:
+            from sweeps.study.retrain import ensure_trial_model
+
+            trial = ensure_trial_model(spec, spec.output_dir, trial)
         device = spec.training.device if spec.training.device != "auto" else None
-        return _load_best_folder(spec.output_dir, device=device, max_length=spec.task.max_length), spec
+        return _load_best_folder(spec.output_dir, device=device, max_length=spec.task.max_length, trial=trial), spec
     raise SpecError(
         "",
         f"expected a study file, a study folder, a dict, a StudySpec or a BestModel, got {type(study_or_out).__name__}",
     )
 
 
-def load_best(study_or_out: Any) -> BestModel:
+def load_best(study_or_out: Any, *, trial: int | None = None) -> BestModel:
     """The best trial's model(s) of a study (file, dict or spec) or of a study folder (see
-    :func:`sweeps.predict.load_best`)."""
-    return _best_and_spec(study_or_out)[0]
+    :func:`sweeps.predict.load_best`); with ``trial`` that completed trial's, retrained first from the study file
+    when its model was not kept (a study folder alone only has the kept models)."""
+    return _best_and_spec(study_or_out, trial)[0]
 
 
 def predict(
@@ -139,10 +148,18 @@ def predict(
     text_column: str | None = None,
     text_pair_column: str | None = None,
     image_column: str | None = None,
+    label_column: str | None = None,
     batch_size: int = 64,
+    trial: int | None = None,
 ) -> Any:
-    """Predictions of the study's best trial as a DataFrame: ``prediction`` (the label name) and one ``prob_<label>``
-    column per class, indexed like ``data``.
+    """Predictions of the study's best trial (or of the completed trial ``trial``, see :func:`load_best`) as a
+    DataFrame: ``prediction`` (the label name) and one ``prob_<label>`` column per class, indexed like ``data``.
+
+    When ``data`` is a DataFrame with the label column (``label_column``, else the study's
+    ``task.data.label_column``, else ``label``), the predictions are scored against it: ``frame.attrs["metrics"]``
+    holds accuracy, f1_macro and f1_weighted (as training computes them) over the ``rows`` labelled rows, and
+    ``unlabelled``, the rows without a label (not scored). Labels the model does not know are a logged warning and
+    no metrics.
 
     ``data`` is a text, a list of texts, a pandas Series or a DataFrame (its text column is ``text_column``, else the
     study's ``task.data.text_column``, else ``text``; likewise for the pair column). Pass a :class:`BestModel` from
@@ -154,9 +171,38 @@ def predict(
     """
     import pandas as pd
 
-    best, spec = _best_and_spec(study_or_out)
+    best, spec = _best_and_spec(study_or_out, trial)
     if best.modality == "image":
-        return _predict_images(best, spec, data, image_column, batch_size)
+        frame, probs = _predict_images(best, spec, data, image_column, batch_size)
+    else:
+        frame, probs = _predict_texts(best, spec, data, text_column, text_pair_column, batch_size)
+    if isinstance(data, pd.DataFrame):
+        column = label_column or (spec.task.data.label_column if spec is not None else "label")
+        if column in data.columns:
+            _attach_scores(frame, best, probs, data[column].tolist(), column)
+    return frame
+
+
+def _attach_scores(frame: Any, best: BestModel, probs: Any, values: list[Any], column: str) -> None:
+    from sweeps.data import label_texts
+
+    try:
+        scores = score_labels(best.label_names, probs, label_texts(values), column=column, where="predict")
+    except DataError as exc:
+        log.warning("warning: no metrics: %s", exc)
+        return
+    if scores is None:
+        log.info("predict: column %r has no labels: no metrics", column)
+        return
+    frame.attrs["metrics"] = {**scores.metrics, "rows": scores.rows, "unlabelled": scores.unlabelled}
+    log.info("trial %d: %s", best.trial, scores.summary())
+
+
+def _predict_texts(
+    best: BestModel, spec: Any, data: Any, text_column: str | None, text_pair_column: str | None, batch_size: int
+) -> tuple[Any, Any]:
+    import pandas as pd
+
     pairs = None
     index = None
     if isinstance(data, pd.DataFrame):
@@ -181,13 +227,21 @@ def predict(
     else:
         texts = list(data)
     probs = predict_proba(best, texts, pairs, batch_size=batch_size)
+    return _frame(best, probs, index), probs
+
+
+def _frame(best: BestModel, probs: Any, index: Any) -> Any:
+    import pandas as pd
+
     frame = pd.DataFrame({"prediction": predict_labels(best, probs)}, index=index)
     for j, name in enumerate(best.label_names):
         frame[f"prob_{name}"] = probs[:, j]
     return frame
 
 
-def _predict_images(best: BestModel, spec: Any, data: Any, image_column: str | None, batch_size: int) -> Any:
+def _predict_images(
+    best: BestModel, spec: Any, data: Any, image_column: str | None, batch_size: int
+) -> tuple[Any, Any]:
     import pandas as pd
 
     from sweeps.predict import predict_image_proba
@@ -206,7 +260,4 @@ def _predict_images(best: BestModel, spec: Any, data: Any, image_column: str | N
     else:
         images = list(data)
     probs = predict_image_proba(best, images, batch_size=batch_size)
-    frame = pd.DataFrame({"prediction": predict_labels(best, probs)}, index=index)
-    for j, name in enumerate(best.label_names):
-        frame[f"prob_{name}"] = probs[:, j]
-    return frame
+    return _frame(best, probs, index), probs

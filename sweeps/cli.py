@@ -137,12 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list-strategies", help="built-in, registered and entry-point strategies with their parameters")
 
-    predict = sub.add_parser("predict", help="write submission.csv for a test file from the study's best trial")
+    predict = sub.add_parser(
+        "predict", help="write submission.csv for a test file from the study's best trial (scored if it has labels)"
+    )
     _add_spec_args(predict)
-    predict.add_argument("--test", help="test file (default: task.data.test)")
+    predict.add_argument("--test", "--data", dest="test", help="file to predict (default: task.data.test)")
     predict.add_argument("--out", default=None, help="output CSV (default: <study folder>/submission.csv)")
     predict.add_argument("--proba", action="store_true", help="write class probabilities instead of labels")
-    predict.add_argument("--trial", type=int, default=None, help="use this trial's saved model instead of the best")
+    predict.add_argument(
+        "--trial", type=int, default=None,
+        help="predict with this completed trial instead of the best (retrained first if its model was not kept)",
+    )
 
     dash = sub.add_parser("dashboard", help="optuna-dashboard and the MLflow UI on the study's stores (127.0.0.1)")
     _add_spec_args(dash)
@@ -498,10 +503,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _setup_logging(None, args.quiet, args.verbose)
     from sweeps.predict import predict_submission
 
-    path = predict_submission(
-        spec, out, test=args.test, out_path=Path(args.out) if args.out else None, proba=args.proba, trial=args.trial
+    trial = args.trial
+    if trial is not None:
+        from sweeps.study.retrain import ensure_trial_model
+
+        trial = ensure_trial_model(spec, out, trial, say=log.info)
+    result = predict_submission(
+        spec, out, test=args.test, out_path=Path(args.out) if args.out else None, proba=args.proba, trial=trial
     )
-    print(f"wrote {path}")
+    print(f"wrote {result.path}")
+    if result.scores is not None:
+        print(f"trial {result.trial}: {result.scores.summary()}")
     return EXIT_OK
 
 

@@ -1,8 +1,9 @@
-"""Predictions from a study's best trial: reload its saved model(s), score texts or images, write a Kaggle-style
-submission.
+"""Predictions from a study's trial: reload its saved model(s), score texts or images, write a Kaggle-style
+submission (and score it when the file carries labels).
 
 The study runner keeps the best trial's model at ``<out>/models/trial_<n>/`` (with cross-validation one model per
-fold under ``fold_<k>/``) and points at it from ``<out>/models/best.json``. :func:`load_best` reloads that folder with
+fold under ``fold_<k>/``) and points at it from ``<out>/models/best.json``; another trial's model is there once
+:mod:`sweeps.study.retrain` has trained it again. :func:`load_best` reloads such a folder with
 the plain ``transformers`` Auto classes (the saved folders are ordinary ``save_pretrained`` checkpoints, readable
 without freeze-sweeps) — or, for a factory / ``task.head`` model, rebuilds it with the same code and loads its
 ``state_dict`` (:mod:`sweeps.train.custom_models`); :func:`predict_proba` averages the class probabilities of the
@@ -10,7 +11,8 @@ fold models;
 :func:`predict_submission` reads the test file with :func:`sweeps.data.read_test` (the same readers and checks as
 training)
 and writes ``submission.csv``: the id column plus the predicted label (original label names) or one probability
-column per class.
+column per class. When the file has the label column, :func:`score_labels` scores the predictions with the
+metrics of :mod:`sweeps.metrics` (the ones training reports, under the same names).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 from sweeps.data import read_test
 from sweeps.data.batch import logits_of
 from sweeps.errors import DataError, ModelLoadError, SweepsError
+from sweeps.metrics import classification_metrics
 from sweeps.records import best_model_pointer, models_dir, trial_model_dir
 from sweeps.train.custom_models import is_saved_custom, load_saved
 
@@ -37,12 +40,16 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BestModel",
+    "Scores",
+    "Submission",
+    "has_saved_model",
     "load_best",
     "load_model_folder",
     "predict_image_proba",
     "predict_labels",
     "predict_proba",
     "predict_submission",
+    "score_labels",
 ]
 
 DEFAULT_MAX_LENGTH = 128  # task.max_length's default, for a study folder reloaded without its study file
@@ -108,7 +115,8 @@ def load_best(
     out: str | Path, *, device: Any = None, max_length: int | None = None, trial: int | None = None
 ) -> BestModel:
     """Reload the best trial's model(s) and tokenizer from the study folder ``out`` (or trial ``trial``'s, when its
-    saved model is there: the runner keeps the best trial's only).
+    saved model is there: the runner keeps the best trial's only, :func:`sweeps.study.retrain.ensure_trial_model`
+    trains any other completed one again).
 
     Raises :class:`~sweeps.errors.SweepsError` when the study has no completed trial (no ``best.json``) or the saved
     model is missing, :class:`~sweeps.errors.ModelLoadError` when a saved folder cannot be loaded.
@@ -149,12 +157,12 @@ def load_model_folder(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folders = _model_folders(folder) if folder.is_dir() else []
-    missing = [f for f in folders if not ((f / "config.json").is_file() or is_saved_custom(f))]
+    missing = [f for f in folders if not _is_saved(f)]
     if not folders or missing:
         raise SweepsError(
             f"{folder.parent.parent}: {what or f'trial {trial}'} has no saved model at "
-            f"{missing[0] if missing else folder} (only the best trial's model is kept; or it is still being saved "
-            "by another worker); rerun the study to save one"
+            f"{missing[0] if missing else folder} (only the best trial's model is kept, or it is still being saved "
+            f"by another worker); python -m sweeps predict <study.yaml> --trial {trial} trains it again"
         )
     dev = _device(device)
     modality = "image" if saved_is_image(folders[0]) else "text"
@@ -195,6 +203,15 @@ def load_model_folder(
         folders=folders,
         modality=modality,
     )
+
+
+def _is_saved(folder: Path) -> bool:
+    return (folder / "config.json").is_file() or is_saved_custom(folder)
+
+
+def has_saved_model(folder: Path) -> bool:
+    """Whether ``folder`` holds a complete saved trial model (every fold's, under cross-validation)."""
+    return folder.is_dir() and all(_is_saved(f) for f in _model_folders(folder))
 
 
 def saved_is_image(folder: Path) -> bool:
@@ -316,8 +333,89 @@ def predict_labels(best: BestModel, probs: np.ndarray) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Scoring a labelled file
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scores:
+    """The predictions of a labelled file scored against its labels: ``metrics`` (accuracy, f1_macro, f1_weighted,
+    as :func:`sweeps.metrics.classification_metrics` computes them in training) over the ``rows`` labelled rows;
+    ``unlabelled`` rows had no label and are not scored."""
+
+    metrics: dict[str, float]
+    rows: int
+    unlabelled: int = 0
+
+    def summary(self) -> str:
+        """One line: ``accuracy=0.8250 f1_macro=0.8100 on 40 labelled rows (2 without a label not scored)``."""
+        text = f"accuracy={self.metrics['accuracy']:.4f} f1_macro={self.metrics['f1_macro']:.4f} on {self.rows} "
+        text += f"labelled row{'s' if self.rows != 1 else ''}"
+        if self.unlabelled:
+            text += f" ({self.unlabelled} without a label not scored)"
+        return text
+
+
+def score_labels(
+    label_names: Sequence[str], probs: np.ndarray, labels: Sequence[str | None], *, column: str, where: str
+) -> Scores | None:
+    """Score predictions (``probs``, columns in ``label_names`` order) against a file's labels (text, ``None`` for a
+    row without one; see :class:`sweeps.data.SubmissionInput`). ``None`` when no row has a label.
+
+    A label the model does not know makes the scores meaningless (a typo, or another label set): that is a
+    :class:`~sweeps.errors.DataError` naming the labels and the column, for the caller to report."""
+    index = {name: i for i, name in enumerate(label_names)}
+    rows = [i for i, value in enumerate(labels) if value is not None]
+    if not rows:
+        return None
+    unknown: dict[str, int] = {}
+    for i in rows:
+        if labels[i] not in index:
+            unknown[str(labels[i])] = unknown.get(str(labels[i]), 0) + 1
+    if unknown:
+        listed = ", ".join(f"{name!r} ({n} row{'s' if n != 1 else ''})" for name, n in list(unknown.items())[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        known = ", ".join(repr(n) for n in label_names)
+        raise DataError(
+            f"{where}: column {column!r} (task.data.label_column) has labels the model does not know: {listed}{more}; "
+            f"the model's labels are {known}"
+        )
+    truth = np.asarray([index[str(labels[i])] for i in rows], dtype=np.int64)
+    preds = np.asarray(probs)[rows].argmax(-1)
+    return Scores(classification_metrics(truth, preds, len(label_names)), len(rows), len(labels) - len(rows))
+
+
+def _scores_or_warning(
+    label_names: Sequence[str], probs: np.ndarray, labels: Sequence[str | None] | None, column: str, where: str
+) -> Scores | None:
+    """:func:`score_labels`, with a file that cannot be scored reported as a warning: the predictions themselves do
+    not depend on its labels, so they are still written."""
+    if labels is None:
+        return None
+    try:
+        scores = score_labels(label_names, probs, labels, column=column, where=where)
+    except DataError as exc:
+        log.warning("warning: no metrics: %s", exc)
+        return None
+    if scores is None:
+        log.info("%s: column %r has no labels: no metrics", where, column)
+    return scores
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Submission
 # --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Submission:
+    """What :func:`predict_submission` wrote: the file, the trial whose model predicted it, and — when the predicted
+    file carries the label column — the scores of the predictions."""
+
+    path: Path
+    trial: int
+    rows: int
+    scores: Scores | None = None
 
 
 def predict_submission(
@@ -327,17 +425,19 @@ def predict_submission(
     out_path: str | Path | None = None,
     proba: bool = False,
     trial: int | None = None,
-) -> Path:
+) -> Submission:
     """Write ``submission.csv`` (default ``<out>/submission.csv``) for the test file (``test`` or
-    ``task.data.test``) with the study's best trial: the id column and the predicted label under the label column's
-    name, or with ``proba`` one probability column per class (named by the label names). Returns the file written."""
+    ``task.data.test``) with the study's best trial (or trial ``trial``, whose model must be saved): the id column and
+    the predicted label under the label column's name, or with ``proba`` one probability column per class (named by
+    the label names). A file with the label column is also scored (:func:`score_labels`)."""
     import pandas as pd
 
     out = Path(out)
     saved = _best_folder(out)
     images = spec.task.data.has_images or spec.task.modality == "image" or (saved is not None and saved_is_image(saved))
     # data problems first: they are cheaper to find than loading models
-    ds, id_name = read_test(spec, test, images=images)
+    given = read_test(spec, test, images=images)
+    ds, id_name = given.examples, given.id_column
     device = spec.training.device if spec.training.device != "auto" else None
     best = load_best(out, device=device, max_length=spec.task.max_length, trial=trial)
     batch_size = spec.training.eval_batch_size
@@ -360,4 +460,5 @@ def predict_submission(
     target.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(target, index=False)
     log.debug("wrote %d predictions of trial %d to %s", len(frame), best.trial, target)
-    return target
+    scores = _scores_or_warning(best.label_names, probs, given.labels, given.label_column, given.where)
+    return Submission(target, best.trial, len(frame), scores)

@@ -32,7 +32,7 @@ def _load(out: Path) -> optuna.Study:
     return optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
 
 
-def test_confirmation_seeds_and_held_out_test(assets: tuple[Path, Path], tmp_path: Path) -> None:
+def test_confirmation_seeds_and_held_out_test(assets: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     model, data = assets
     study_file = write_study(
         tmp_path / "study.yaml",
@@ -85,12 +85,22 @@ def test_confirmation_seeds_and_held_out_test(assets: tuple[Path, Path], tmp_pat
 
     assert main(["report", str(study_file), "--output", str(out), "--format", "json"]) == 0
 
-    # predict with any trial whose model is kept (the best one), and a clear error for one that is not
+    # predict with the kept model (the best one); load_best on a bare folder cannot retrain another trial: it says how
     assert main(["predict", str(study_file), "--output", str(out), "--trial", str(best)]) == 0
     assert (out / "submission.csv").is_file()
     other = next(t.number for t in search if t.number != best)
-    with pytest.raises(SweepsError, match=f"trial {other} has no saved model"):
+    with pytest.raises(SweepsError, match=f"trial {other} has no saved model.*predict <study.yaml> --trial {other}"):
         load_best(out, trial=other)
+
+    # a confirmation trial whose model is not there (removed here if it was the best): predict --trial retrains it with
+    # its own seed, reproducing its metric
+    retrained = confirm[0]
+    shutil.rmtree(out / "models" / f"trial_{retrained.number}", ignore_errors=True)
+    capsys.readouterr()
+    assert main(["predict", str(study_file), "--output", str(out), "--trial", str(retrained.number)]) == 0
+    err = capsys.readouterr().err
+    assert f"seed {retrained.user_attrs['seed']}): ~" in err and f"trial {retrained.number} retrained in" in err
+    assert "as recorded" in err
 
 
 def test_duplicates_are_not_trained_again(assets: tuple[Path, Path], tmp_path: Path) -> None:
@@ -115,6 +125,10 @@ def test_duplicates_are_not_trained_again(assets: tuple[Path, Path], tmp_path: P
     skipped = [r for r in runs if r.data.tags["sweeps.status"] == "duplicate"]
     assert len(skipped) == 5 and all(r.data.tags["sweeps.duplicate_of"] == "0" for r in skipped)
     assert all("epoch_time_s" not in r.data.metrics for r in skipped)  # ... but only one was trained
+
+    # a duplicate predicts with the trial it repeated (never trained itself, so it has no model of its own)
+    assert main(["predict", str(study_file), "--output", str(out), "--trial", str(duplicates[0].number)]) == 0
+    assert not (out / "models" / f"trial_{duplicates[0].number}").exists()
 
 
 def test_a_gradual_schedule_that_cannot_finish_is_flagged(assets: tuple[Path, Path], tmp_path: Path, capsys) -> None:

@@ -346,6 +346,20 @@ def test_image_study_through_the_cli(shapes: Path, tmp_path: Path, capsys: pytes
     assert sorted(probs.columns[1:]) == sorted(LABELS)
     np.testing.assert_allclose(probs[list(LABELS)].sum(axis=1), 1.0, atol=1e-5)
 
+    # another trial: retrained (an image model too), and a labelled image folder is scored like training scores it
+    best_trial = json.loads((out / "models" / "best.json").read_text())["trial"]
+    other = 1 - best_trial
+    capsys.readouterr()
+    assert main(["predict", str(study), "--output", str(out), "--trial", str(other), "--test",
+                 str(shapes / "validation"), "--out", str(tmp_path / "val.csv")]) == 0
+    captured = capsys.readouterr()
+    assert f"trial {other}'s model was not kept; retraining" in captured.err and "as recorded" in captured.err
+    recorded = optuna.load_study(study_name="shapes", storage=f"sqlite:///{out / 'optuna.db'}").trials[other]
+    accuracy = recorded.user_attrs["metric.accuracy"]
+    assert f"trial {other}: accuracy={accuracy:.4f} " in captured.out
+    ids = pd.read_csv(tmp_path / "val.csv", dtype=str)["id"]  # the classes reuse file names: ids are <label>/<name>
+    assert ids.is_unique and all(i.split("/")[0] in LABELS for i in ids)
+
     # the notebook API: the same predictions for the same images
     frame = api.predict(out, [str(shapes / "test" / f"{i}.png") for i in sorted(submission["id"])])
     by_id = dict(zip(submission["id"], submission["label"], strict=True))

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 
@@ -183,7 +184,7 @@ def test_submission_row_numbers_and_missing_text_column(tmp_path):
     fake_study_folder(tmp_path / "out", ["negative", "positive"])
     test = tmp_path / "test.tsv"
     test.write_text("text\nthe match was good\npizza\nsoftware and data\n", encoding="utf-8")
-    path = predict_submission(spec, tmp_path / "out", test=test)
+    path = predict_submission(spec, tmp_path / "out", test=test).path
     frame = pd.read_csv(path, keep_default_na=False)
     assert path == tmp_path / "out" / "submission.csv"
     assert list(frame.columns) == ["id", "sentiment"]
@@ -205,7 +206,7 @@ def test_submission_proba_with_configured_id_column(tmp_path):
     fake_study_folder(tmp_path / "out", ["0", "1"])
     rows = [{"PassengerId": 892 + i, "text": t} for i, t in enumerate(["good match", "bad soup", "new app"])]
     (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    path = predict_submission(spec, tmp_path / "out", out_path=tmp_path / "sub" / "p.csv", proba=True)
+    path = predict_submission(spec, tmp_path / "out", out_path=tmp_path / "sub" / "p.csv", proba=True).path
     frame = pd.read_csv(path)
     assert list(frame.columns) == ["PassengerId", "0", "1"]
     assert frame["PassengerId"].tolist() == [892, 893, 894]
@@ -225,6 +226,87 @@ def test_api_predict_on_texts_and_frames(tmp_path):
     assert set(preds["prediction"]) <= {"a", "b", "c"}
     with pytest.raises(DataError, match=r"no text column 'text'.*'review'"):
         api.predict(best, frame)
+
+
+def test_label_texts_compare_like_training_names_classes():
+    from sweeps.data import label_texts
+
+    assert label_texts([1, 1.0, " 2 ", "+3", "pos ", None, float("nan"), "", True, 0.5]) == [
+        "1", "1", "2", "3", "pos", None, None, None, "True", "0.5"
+    ]
+    assert label_texts([0, 1], ["neg", "pos"]) == ["neg", "pos"]  # ClassLabel ids become their names
+
+
+def test_score_labels_skips_unlabelled_rows_and_names_unknown_labels():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from sweeps.predict import score_labels
+
+    names = ["a", "b", "c"]
+    probs = np.eye(3)[[0, 1, 2, 0, 1, 2]]  # predictions a b c a b c
+    labels = ["a", "b", "b", None, "c", None]
+    scores = score_labels(names, probs, labels, column="y", where="f.csv")
+    assert scores is not None and scores.rows == 4 and scores.unlabelled == 2
+    truth, preds = ["a", "b", "b", "c"], ["a", "b", "c", "b"]
+    assert scores.metrics["accuracy"] == pytest.approx(accuracy_score(truth, preds))
+    assert scores.metrics["f1_macro"] == pytest.approx(f1_score(truth, preds, average="macro", labels=names))
+    assert scores.summary().endswith("on 4 labelled rows (2 without a label not scored)")
+    assert score_labels(names, probs, [None] * 6, column="y", where="f.csv") is None
+    with pytest.raises(DataError, match=r"f.csv: column 'y' \(task.data.label_column\) has labels the model does not "
+                                        r"know: 'z' \(2 rows\), 'A' \(1 row\); the model's labels are 'a', 'b', 'c'"):
+        score_labels(names, probs, ["z", "a", "z", "A", None, "b"], column="y", where="f.csv")
+
+
+def test_labelled_submission_is_scored(tmp_path, caplog):
+    from sklearn.metrics import accuracy_score
+
+    from sweeps.predict import predict_submission
+
+    spec = _spec(tmp_path, label_column="topic")
+    fake_study_folder(tmp_path / "out", ["food", "sports", "tech"])
+    test = tmp_path / "labelled.csv"
+    frame = pd.DataFrame({"id": [1, 2, 3, 4], "text": ["pizza soup", "match goal", "chip code", "the team"],
+                          "topic": ["food", "sports", None, "sports"]})
+    frame.to_csv(test, index=False)
+    result = predict_submission(spec, tmp_path / "out", test=test)
+    written = pd.read_csv(result.path)
+    assert list(written.columns) == ["id", "topic"] and result.trial == 3 and result.rows == 4
+    assert result.scores is not None and (result.scores.rows, result.scores.unlabelled) == (3, 1)
+    labelled = frame["topic"].notna()
+    expected = accuracy_score(frame["topic"][labelled], written["topic"][labelled])
+    assert result.scores.metrics["accuracy"] == pytest.approx(expected)
+
+    frame.loc[0, "topic"] = "cooking"
+    frame.to_csv(test, index=False)
+    with caplog.at_level("WARNING"):
+        result = predict_submission(spec, tmp_path / "out", test=test)
+    assert result.scores is None and result.path.is_file()
+    assert "column 'topic' (task.data.label_column) has labels the model does not know: 'cooking' (1 row)" in (
+        caplog.text
+    )
+    frame.drop(columns="topic").to_csv(test, index=False)
+    assert predict_submission(spec, tmp_path / "out", test=test).scores is None  # a Kaggle test file: no labels
+
+
+def test_which_trial_predicts(tmp_path):
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from sweeps.study.retrain import trial_for_prediction
+
+    study = optuna.create_study(study_name="s")
+    dist = {"lr": FloatDistribution(1e-5, 1e-3)}
+    study.add_trial(create_trial(params={"lr": 1e-4}, distributions=dist, value=0.8))
+    study.add_trial(create_trial(params={"lr": 1e-4}, distributions=dist, value=0.8, user_attrs={"duplicate_of": 0}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"surplus": True}))
+    study.add_trial(create_trial(state=TrialState.WAITING))
+    assert trial_for_prediction(study, 0).number == 0
+    assert trial_for_prediction(study, 1).number == 0  # a duplicate was never trained: the trial it repeated was
+    waiting = r"trial 3 is waiting \(not started\); it has no model .*completed trials: 0, 1"
+    with pytest.raises(SweepsError, match=waiting):
+        trial_for_prediction(study, 3)
+    with pytest.raises(SweepsError, match=r"has no trial 2 \(trials: 0..3"):  # a surplus ask is not a trial
+        trial_for_prediction(study, 2)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -290,6 +372,16 @@ def test_kaggle_flow_end_to_end(tmp_path, capsys):
     assert main(args) == 0
     assert pd.read_csv(tmp_path / "o.csv")["id"].tolist() == test["id"].head(4).tolist()
 
+    # --trial for the other trial: its fold models were not kept, so its configuration is trained again (2 folds)
+    other = 1 - pointer["trial"]
+    assert not (out / "models" / f"trial_{other}").exists()
+    args = ["predict", str(study), "--output", str(out), "--trial", str(other), "--out", str(tmp_path / "t.csv")]
+    assert main(args) == 0
+    assert sorted(p.name for p in (out / "models" / f"trial_{other}").iterdir()) == ["fold_0", "fold_1"]
+    err = capsys.readouterr().err
+    assert f"trial {other} retrained in" in err and "as recorded" in err  # the mean over folds is reproduced
+    assert pd.read_csv(tmp_path / "t.csv")["id"].tolist() == test["id"].tolist()
+
     # the Python API: resuming the finished study runs nothing more and returns its 2 trials
     table = api.run_study(study, output=out)
     assert isinstance(table, pd.DataFrame) and len(table) == 2
@@ -299,3 +391,13 @@ def test_kaggle_flow_end_to_end(tmp_path, capsys):
     assert preds["prediction"].tolist() == sub["label"].tolist()
 
     assert time.monotonic() - start < 90
+
+
+def test_retrain_needs_the_study_storage(tmp_path):
+    from sweeps.study.retrain import ensure_trial_model
+
+    spec = _spec(tmp_path)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SweepsError, match=r"no study storage at .*optuna.db: run the study first"):
+        ensure_trial_model(spec, tmp_path / "out", 2)
+    assert not (tmp_path / "out" / "optuna.db").exists()  # asking did not create an empty study

@@ -136,3 +136,20 @@ def test_grid_sampler_exhausted_under_ask_and_tell_does_not_crash():
         seen.append(suggest(trial, spec).training.learning_rate)
         opt.tell(trial, 0.5)
     assert set(seen) <= {1e-4, 3e-4} and len(opt.trials) == 3
+
+
+def test_grid_sampler_proposes_every_grid_point_once():
+    """The first trials of a grid study cover the grid without repeats (a per-trial seed reshuffled the grid, so trial
+    1 could get trial 0's point, and the duplicates cut the search short)."""
+    data = study(learning_rate={"choices": [1e-4, 3e-4, 1e-3]})
+    data["strategies"] = [{"name": "bottom_n", "params": {"n": {"choices": [1, 2]}}}]
+    data["optuna"] = {"sampler": "grid", "n_trials": 6}
+    spec = parse(data)
+    opt = optuna.create_study(direction="maximize", sampler=make_sampler(spec))
+    points = []
+    for _ in range(6):
+        trial = opt.ask()
+        params = suggest(trial, spec)
+        points.append((params.strategy_params["n"], params.training.learning_rate))
+        opt.tell(trial, 0.5)
+    assert sorted(points) == sorted((n, lr) for n in (1, 2) for lr in (1e-4, 3e-4, 1e-3)), points

@@ -101,7 +101,9 @@ class _Bounds:
     ge: float | None = None
     gt: float | None = None
     le: float | None = None
+    lt: float | None = None
     nullable: bool = False
+    one_of: tuple[str, ...] | None = None  # the allowed values of a choice field (``task.head.pooling``)
 
     def problem(self, value: Any) -> str | None:
         """Why ``value`` does not fit, or ``None``."""
@@ -122,4 +124,8 @@ class _Bounds:
                 return f"must be > {self.gt}, got {value}"
             if self.le is not None and value > self.le:
                 return f"must be <= {self.le}, got {value}"
+            if self.lt is not None and value >= self.lt:
+                return f"must be < {self.lt}, got {value}"
+        if self.one_of is not None and value not in self.one_of:
+            return _hinted(f"must be one of {', '.join(self.one_of)}, got {_describe(value)}", value, self.one_of)
         return None

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sweeps.config.fields import _NUMBER_RE, _Bounds, _describe, _hinted
+from sweeps.config.model_fields import HeadConfig
 from sweeps.config.overrides import apply_overrides
 from sweeps.config.pydantic_errors import _spec_error_from, _union_members, _unwrap_annotated
 from sweeps.config.schema import (
@@ -147,6 +148,11 @@ def _check_model_fields(spec: StudySpec) -> None:
             raise SpecError("task.head", "builds a head on a checkpoint's encoder; a factory model has its own head")
         if task.revision is not None:
             raise SpecError("task.revision", "is a hub revision of task.model; a factory has none")
+    if task.head is not None:
+        for field, bounds in HeadConfig.SEARCHABLE.items():
+            value = getattr(task.head, field)
+            if is_search(value):
+                _check_space(value, f"task.head.{field}", bounds)
 
 
 def _check_training(spec: StudySpec) -> None:

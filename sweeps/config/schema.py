@@ -474,7 +474,8 @@ class StudySpec(_Model):
                 "revision": task.revision,
                 # only when set, so studies written before these fields keep their fingerprint (and stay resumable)
                 **({"tokenizer": task.tokenizer} if task.tokenizer else {}),
-                **({"head": task.head.model_dump(mode="json")} if task.head else {}),
+                # the fixed fields only: searched ones are the search space, which may change between runs
+                **({"head": task.head.fixed()} if task.head else {}),
                 "max_length": task.max_length,
                 "metric": task.metric,
                 "data": data,

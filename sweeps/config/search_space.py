@@ -5,7 +5,8 @@ study's strategy names, skipped when there is only one), then samples only that 
 hyperparameters, named ``"<strategy>.<param>"`` so two strategies' ``n`` never share a distribution.
 Searched training fields are per strategy too, ``"<strategy>.training.<field>"`` (``"training.<field>"``
 in a one-strategy study): each strategy's learning rate is learned from its own trials only, so a
-frozen-body strategy is never sampled at the LR that suits full fine-tuning. Keeping the names stable
+frozen-body strategy is never sampled at the LR that suits full fine-tuning. Searched ``task.head`` fields are
+``"head.<field>"`` (a list-valued ``hidden`` choice is stored as its JSON text). Keeping the names stable
 is what makes ``study.enqueue_trial``, resumed studies and the MLflow params line up.
 """
 
@@ -39,6 +40,12 @@ def training_param_name(spec: StudySpec, entry: Any, field: str) -> str:
     if len(spec.strategies) == 1 or (spec.optuna.sampler == "grid" and field not in entry.training):
         return f"training.{field}"
     return f"{entry.name}.training.{field}"
+
+
+def head_param_name(field: str) -> str:
+    """The Optuna name of a searched ``task.head`` field: ``head.<field>``, shared by every strategy (the head is the
+    task's model, not a strategy's setting; the per-strategy TPE groups still learn it from their own trials)."""
+    return f"head.{field}"
 
 
 def strategy_training(spec: StudySpec, entry: Any) -> dict[str, Any]:
@@ -96,7 +103,7 @@ def check_strategy_bounds(spec: StudySpec, num_layers: int) -> None:
 
 def _grid_values(space: SearchSpace, path: str) -> list[Any]:
     if isinstance(space, CategoricalSpace):
-        return list(space.choices)
+        return space.optuna_choices()
     if isinstance(space, IntSpace):
         count = (space.high - space.low) // space.step + 1  # log ranges have step 1
         if count > MAX_GRID_VALUES:
@@ -136,6 +143,9 @@ def grid_search_space(spec: StudySpec) -> dict[str, list[Any]]:
             if is_search(value):
                 where = f"strategies[{i}].training.{key}" if key in entry.training else f"training.{key}"
                 grid[training_param_name(spec, entry, key)] = _grid_values(value, where)
+    if spec.task.head is not None:
+        for key, value in spec.task.head.searched().items():
+            grid[head_param_name(key)] = _grid_values(value, f"task.head.{key}")
     size = math.prod(len(v) for v in grid.values())
     if size > MAX_GRID_SIZE:
         raise SpecError("optuna.sampler", f"the grid has {size} combinations (max {MAX_GRID_SIZE}); narrow it")

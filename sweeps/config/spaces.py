@@ -77,6 +77,14 @@ class CategoricalSpace(_Model):
             seen.add(key)
         return choices
 
+    def optuna_choices(self) -> list[Any]:
+        """The choices as Optuna stores them (scalars); :meth:`decode` maps a stored one back to its value."""
+        return list(self.choices)
+
+    def decode(self, stored: Any) -> Any:
+        """The value a trial uses for the choice Optuna stored (the same scalar here; see ``HiddenChoices``)."""
+        return stored
+
 
 SearchSpace = Union[IntSpace, FloatSpace, CategoricalSpace]  # noqa: UP007 - used with isinstance
 

@@ -10,12 +10,14 @@ Problems are :class:`~sweeps.errors.DataError` raised before any model is loaded
 
 from sweeps.data.batch import make_collator, model_inputs
 from sweeps.data.task import TaskData, load_task_data, split_fingerprint, stratified_folds
-from sweeps.data.test_split import read_test
+from sweeps.data.test_split import SubmissionInput, label_texts, read_test
 from sweeps.data.tokenise import clear_tokenization_memo, tokenization_key, tokenize_split
 
 __all__ = [
+    "SubmissionInput",
     "TaskData",
     "clear_tokenization_memo",
+    "label_texts",
     "load_task_data",
     "make_collator",
     "model_inputs",

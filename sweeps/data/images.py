@@ -49,7 +49,9 @@ def read_imagefolder(folder: Path, split: str, label_column: str) -> _Raw:
 
     Read through ``datasets``' ``imagefolder`` builder; labels become the sub-folder names (strings, so train and
     validation folders with different sets of classes still map by name), rows are sorted by path (a stable order
-    across file systems), and ``id`` is the file name without its extension (a Kaggle submission's usual id).
+    across file systems), and ``id`` is the file name without its extension (a Kaggle submission's usual id) — in a
+    labelled folder whose classes reuse file names (``cat/0001.png``, ``dog/0001.png``), ``<label>/<name>``, so a
+    labelled folder can be predicted (and scored) like a test folder.
     """
     where = f"{folder} (data.{split})"
     if not folder.exists():
@@ -71,6 +73,8 @@ def read_imagefolder(folder: Path, split: str, label_column: str) -> _Raw:
         names = ds.features["label"].names
         frame[label_column] = [names[i] for i in ds["label"]]
     frame["id"] = [Path(ref["path"]).stem for ref in frame[IMAGE]]
+    if labelled and frame["id"].duplicated().any():
+        frame["id"] = [f"{label}/{stem}" for label, stem in zip(frame[label_column], frame["id"], strict=True)]
     frame = frame.sort_values(by=IMAGE, key=lambda refs: refs.map(lambda r: r["path"]), kind="stable")
     return _Raw(frame.reset_index(drop=True), where, base_dir=folder.resolve())
 

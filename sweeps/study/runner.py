@@ -319,6 +319,7 @@ class StudyRunner:
                 "strategy": params.strategy,
                 "strategy_params": params.strategy_params,
                 "training": params.training.model_dump(),
+                **({"head": params.head} if params.head is not None else {}),
             },
         )
         if run_id:
@@ -326,7 +327,9 @@ class StudyRunner:
         if duplicate is not None:
             return self._skip_duplicate(trial, duplicate, params, run_id)
         self._duplicates_in_a_row = 0
-        self.say(f"trial {trial.number}: {params.strategy} {params.strategy_params or ''}")
+        searched_head = self.spec.task.head is not None and bool(self.spec.task.head.searched())
+        head_note = f" head={params.head}" if searched_head else ""
+        self.say(f"trial {trial.number}: {params.strategy} {params.strategy_params or ''}{head_note}")
         with heartbeat(self.study, trial):
             return self._execute(trial, params, run_id)
 
@@ -381,6 +384,7 @@ class StudyRunner:
                 observer=observer,
                 model_dir=model_dir,
                 on_verified=verifications.append,
+                head=params.head,
             )
         except KeyboardInterrupt as exc:
             with ignoring_stop_signals():  # a second signal must not cut the bookkeeping short (trial left RUNNING)

@@ -29,7 +29,9 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
         from sweeps.config.search_space import grid_search_space
 
         space = grid_search_space(spec)
-        return TrialSeededSampler(lambda s: optuna.samplers.GridSampler(space, seed=s), seed)
+        # one seed for every trial: GridSampler shuffles its grid with its seed and gives trial n the n-th point of that
+        # order, so a per-trial seed gave each trial another order and proposed grid points already trained
+        return TrialSeededSampler(lambda _: optuna.samplers.GridSampler(space, seed=seed), seed)
     if name == "cmaes":
         return TrialSeededSampler(lambda s: optuna.samplers.CmaEsSampler(seed=s), seed)
     if name == "nsga2":

@@ -13,7 +13,13 @@ from typing import Any
 import optuna
 
 from sweeps.config.schema import StudySpec, TrainingConfig
-from sweeps.config.search_space import STRATEGY_PARAM, param_name, strategy_training, training_param_name
+from sweeps.config.search_space import (
+    STRATEGY_PARAM,
+    head_param_name,
+    param_name,
+    strategy_training,
+    training_param_name,
+)
 from sweeps.config.spaces import FloatSpace, IntSpace, SearchSpace, is_search
 
 
@@ -24,28 +30,53 @@ class TrialParams:
     ``strategy_params`` holds every hyperparameter of the chosen strategy (defaults, fixed values and sampled values),
     ready for :func:`strategies.registry.build_strategy` and for logging; ``training`` is the study's training
     section with every searched field replaced by its sampled value (so the trial reads plain values, typed);
-    ``searched`` only the sampled values, by Optuna name (what the sampler actually chose).
+    ``head`` the trial's ``task.head`` as plain values (``None`` without one; see
+    :meth:`~sweeps.config.HeadConfig.resolve`); ``searched`` only the sampled values, by Optuna name (what the sampler
+    actually chose, as Optuna stores it: ``head.hidden`` is the JSON text of the list).
     """
 
     strategy: str
     training: TrainingConfig
     strategy_params: dict[str, Any] = field(default_factory=dict)
     searched: dict[str, Any] = field(default_factory=dict)
+    head: dict[str, Any] | None = None
 
     def config_key(self) -> str:
         """A hash of everything the trial trains with (strategy, its params, the whole training section, seed
-        included): two trials with the same key would train the same model, so the second is not trained again."""
+        included, and the head when the study declares one): two trials with the same key would train the same
+        model, so the second is not trained again."""
         training = self.training.model_dump(mode="json")
-        text = json.dumps([self.strategy, self.strategy_params, training], sort_keys=True, default=str)
+        parts: list[Any] = [self.strategy, self.strategy_params, training]
+        if self.head is not None:
+            parts.append(self.head)
+        text = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _suggest_one(trial: optuna.Trial, name: str, space: SearchSpace) -> Any:
+    """The value Optuna samples (and stores) for ``name``; a categorical's is decoded by the caller."""
     if isinstance(space, IntSpace):
         return trial.suggest_int(name, space.low, space.high, step=space.step, log=space.log)
     if isinstance(space, FloatSpace):
         return trial.suggest_float(name, space.low, space.high, step=space.step, log=space.log)
-    return trial.suggest_categorical(name, list(space.choices))
+    return trial.suggest_categorical(name, space.optuna_choices())
+
+
+def _suggest_value(trial: optuna.Trial, name: str, space: SearchSpace, searched: dict[str, Any]) -> Any:
+    """Sample ``name``, record what Optuna stored in ``searched`` and return the value the trial uses."""
+    stored = searched[name] = _suggest_one(trial, name, space)
+    return space.decode(stored) if not isinstance(space, (IntSpace, FloatSpace)) else stored
+
+
+def suggest_head(trial: optuna.Trial, spec: StudySpec, searched: dict[str, Any]) -> dict[str, Any] | None:
+    """The trial's ``task.head`` as plain values, its searched fields sampled as ``head.<field>``."""
+    head = spec.task.head
+    if head is None:
+        return None
+    values = {}
+    for key, space in head.searched().items():
+        values[key] = _suggest_value(trial, head_param_name(key), space, searched)
+    return head.resolve(values)
 
 
 def suggest(trial: optuna.Trial, spec: StudySpec) -> TrialParams:
@@ -64,15 +95,16 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> TrialParams:
     for key, value in entry.params.items():
         if is_search(value):
             name = param_name(entry.name, key)
-            params[key] = searched[name] = _suggest_one(trial, name, value)
+            params[key] = _suggest_value(trial, name, value, searched)
         else:
             params[key] = value
     sampled: dict[str, Any] = {}
     for key, value in strategy_training(spec, entry).items():
         if is_search(value):
             name = training_param_name(spec, entry, key)
-            sampled[key] = searched[name] = _suggest_one(trial, name, value)
+            sampled[key] = _suggest_value(trial, name, value, searched)
         elif key in entry.training:  # the strategy's own fixed value
             sampled[key] = value
     training = spec.training.model_copy(update=sampled)
-    return TrialParams(strategy=entry.name, strategy_params=params, training=training, searched=searched)
+    head = suggest_head(trial, spec, searched)
+    return TrialParams(strategy=entry.name, strategy_params=params, training=training, searched=searched, head=head)

@@ -131,10 +131,11 @@ class StudyContext:
             return ImageCollator(self.tokenizer, augment=True, seed=seed)
         return self.collator
 
-    def build_model(self) -> torch.nn.Module:
+    def build_model(self, head: dict[str, Any] | None = None) -> torch.nn.Module:
+        """A fresh model on the study's device; ``head`` is a trial's ``task.head`` (see :func:`build_custom`)."""
         with timed(MODEL_LOAD):
             if is_custom(self.spec):
-                return build_custom(self.spec, self.model_source, self.data.label_names).to(self.device)
+                return build_custom(self.spec, self.model_source, self.data.label_names, head).to(self.device)
             return load_classifier(self.model_source, self.data.label_names).to(self.device)
 
     def save_model(self, model: torch.nn.Module, folder: Path) -> None:
@@ -142,7 +143,7 @@ class StudyContext:
         with timed(SAVING):
             folder.mkdir(parents=True, exist_ok=True)
             if is_custom(self.spec):
-                save_custom(model, folder, self.spec, self.model_source, self.data.label_names)
+                save_custom(model, folder, self.model_source, self.data.label_names)
             else:
                 model.save_pretrained(folder)
             self.tokenizer.save_pretrained(folder)

@@ -105,6 +105,7 @@ class PooledClassifier(nn.Module):
 
     def __init__(self, encoder: nn.Module, num_labels: int, head: dict[str, Any]) -> None:
         super().__init__()
+        self.head_spec = dict(head)  # the plain head this model was built with: saved beside its weights
         self.encoder_attr = getattr(encoder, "base_model_prefix", "") or "encoder"
         setattr(self, self.encoder_attr, encoder)
         self.config = encoder.config
@@ -162,15 +163,18 @@ def is_custom(spec: Any) -> bool:
     return is_factory_ref(spec.task.model) or spec.task.head is not None
 
 
-def build_custom(spec: Any, source: Any, label_names: list[str]) -> nn.Module:
-    """The model of a study whose ``task.model`` is a factory or that declares a ``task.head``."""
+def build_custom(spec: Any, source: Any, label_names: list[str], head: dict[str, Any] | None = None) -> nn.Module:
+    """The model of a study whose ``task.model`` is a factory or that declares a ``task.head``. ``head`` is the
+    trial's head (plain values); ``None`` builds the study's own, with each searched field at its first choice or
+    low end (:meth:`~sweeps.config.HeadConfig.representative`: for ``inspect`` and the checks before trial 0)."""
     if isinstance(source, FactorySource):
         return build_factory_model(source, label_names)
-    return build_head_model(source.location, source.revision, spec.task.head.model_dump(mode="json"), label_names)
+    return build_head_model(source.location, source.revision, head or spec.task.head.representative(), label_names)
 
 
-def save_custom(model: nn.Module, folder: Path, spec: Any, source: Any, label_names: list[str]) -> None:
-    """Weights (``state_dict``) + the manifest that rebuilds the model; the encoder config for a head model."""
+def save_custom(model: nn.Module, folder: Path, source: Any, label_names: list[str]) -> None:
+    """Weights (``state_dict``) + the manifest that rebuilds the model; the encoder config for a head model. The
+    manifest's head is the one the model was built with (a trial's sampled head), not the study file's entries."""
     from safetensors.torch import save_model
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -181,7 +185,7 @@ def save_custom(model: nn.Module, folder: Path, spec: Any, source: Any, label_na
     else:
         assert isinstance(model, PooledClassifier)
         model.encoder.config.save_pretrained(folder)
-        manifest.update(kind="head", head=spec.task.head.model_dump(mode="json"))
+        manifest.update(kind="head", head=model.head_spec)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
 
 

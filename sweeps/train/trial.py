@@ -165,18 +165,19 @@ def train_once(
     observer: EpochObserver | None = None,
     save_to: Path | None = None,
     on_verified: Callable[[bool], None] | None = None,
+    head: dict[str, Any] | None = None,
 ) -> tuple[LoopResult, bool, list[dict[str, Any]], str, dict[str, Any]]:
     """Train one model; returns (loop result, frozen verified, layer table, table text, cache stats). When the
     observer stopped the loop (``result.stop_reason``), nothing is verified or saved: the trial is abandoned.
 
     ``on_verified(ok)`` hears the verification of what was frozen up to the end of training however it ended —
     completed, stopped by the observer (pruned) or failed after training started — so every trial that trained
-    carries the proof, not only completed ones."""
+    carries the proof, not only completed ones. ``head`` is the trial's ``task.head`` (plain values), if any."""
     from transformers import set_seed
 
     set_seed(training.seed)
     with timed(SETUP):  # layer discovery, the unused-parameter probe, the optimizer, the frozen checksums
-        model = ctx.build_model()
+        model = ctx.build_model(head)
         layer_map = discover_layers(model, layer_spec(ctx.spec))
         names = ctx.spec.strategy_names
         index = names.index(strategy_name) if strategy_name in names else None
@@ -315,13 +316,14 @@ def run_trial(
     observer: TrialObserver | None = None,
     model_dir: Path | None = None,
     on_verified: Callable[[bool], None] | None = None,
+    head: dict[str, Any] | None = None,
 ) -> TrialOutcome | Stopped:
     """Train with one strategy: on the train/validation split, or over stratified folds when ``task.cv.folds`` ≥ 2
     (the objective is then the mean over folds; out-of-fold predictions are returned). The observer sees every epoch
     of a train/validation run, or the running mean after every fold; when it returns a reason the trial stops and
-    :class:`Stopped` is returned."""
+    :class:`Stopped` is returned. ``head``: the trial's ``task.head`` (sampled), built and saved with its model."""
     if ctx.spec.task.cv.enabled:
-        return _run_cv(ctx, strategy_name, strategy_params, training, observer, model_dir, on_verified)
+        return _run_cv(ctx, strategy_name, strategy_params, training, observer, model_dir, on_verified, head)
     result, verified, table, text, stats = train_once(
         ctx,
         strategy_name,
@@ -333,6 +335,7 @@ def run_trial(
         observer=observer,
         save_to=model_dir,
         on_verified=on_verified,
+        head=head,
     )
     if result.stop_reason is not None:
         return Stopped(result.stop_reason)
@@ -361,6 +364,7 @@ def _run_cv(
     observer: TrialObserver | None,
     model_dir: Path | None,
     on_verified: Callable[[bool], None] | None = None,
+    head: dict[str, Any] | None = None,
 ) -> TrialOutcome | Stopped:
     folds = ctx.spec.task.cv.folds
     train = ctx.tokenized["train"]
@@ -385,6 +389,7 @@ def _run_cv(
             {"train": key + "-train", "eval": key + "-val"},
             save_to=(model_dir / f"fold_{k}") if model_dir else None,
             on_verified=on_verified,
+            head=head,
         )
         verified_all &= verified
         assert result.eval_probs is not None
