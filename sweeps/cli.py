@@ -270,6 +270,7 @@ def _run_here(spec: StudySpec, out: Path, report: bool = True, resume: str | Non
 
 def _summary(runner: StudyRunner, out: Path, report: bool) -> None:
     from sweeps.config import mask_secrets
+    from sweeps.phases import describe
 
     study = runner.study
     report_path = None
@@ -312,6 +313,8 @@ def _summary(runner: StudyRunner, out: Path, report: bool) -> None:
         lines.append(f"dashboards: python -m sweeps dashboard {runner.spec.source_path} --output {out}")
     if report_path:
         lines.append(f"report: {report_path}")
+    wall, spent = runner.time_by_phase()
+    lines.append(f"time in this process, by phase: {describe(spent, wall)}")
     lines.append(f"study folder: {out}")
     print("\n".join(lines), flush=True)
 

@@ -70,5 +70,11 @@ def overhead_fraction(phases: dict[str, float]) -> float:
     return 0.0 if total <= 0 else 1.0 - sum(phases.get(p, 0.0) for p in COMPUTE) / total
 
 
+def describe(spent: dict[str, float], wall: float, top: int = 6) -> str:
+    """One line for the terminal: ``412 s: training 71%, evaluation 12%, ...`` (largest phases first)."""
+    parts = sorted(spent.items(), key=lambda kv: -kv[1])[:top]
+    return f"{wall:.0f} s: " + ", ".join(f"{p} {s / wall:.0%}" for p, s in parts if wall > 0)
+
+
 CLOCK = PhaseClock()
 timed = CLOCK.timed

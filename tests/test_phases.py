@@ -11,7 +11,7 @@ import pytest
 from e2e_helpers import make_dataset, make_tiny_model, write_study
 
 from sweeps.cli import main
-from sweeps.phases import COMPUTE, OTHER, PhaseClock, overhead_fraction, since
+from sweeps.phases import COMPUTE, OTHER, PhaseClock, describe, overhead_fraction, since
 from sweeps.records import StudyAttr
 
 
@@ -39,14 +39,16 @@ def test_since_puts_unclaimed_time_in_other_and_overhead_excludes_compute() -> N
     assert spent == {"training": 3.0, "tracking": 0.5, OTHER: 0.5}
     assert overhead_fraction(spent) == pytest.approx(1 / 4)
     assert overhead_fraction({p: 1.0 for p in COMPUTE}) == 0.0
+    assert describe(spent, 4.0) == "4 s: training 75%, tracking 12%, other 12%"
 
 
 @pytest.mark.slow
-def test_a_study_records_each_trials_phases_and_the_process_total(tmp_path: Path) -> None:
+def test_a_study_records_each_trials_phases_and_the_process_total(tmp_path: Path, capsys) -> None:
     model, data = make_tiny_model(tmp_path / "model"), make_dataset(tmp_path / "data")
     study_file = write_study(tmp_path / "study.yaml", model, data)
     out = tmp_path / "out"
     assert main(["run", str(study_file), "--output", str(out)]) == 0
+    assert "time in this process, by phase: " in capsys.readouterr().out
 
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
     trials = study.get_trials()

@@ -270,12 +270,16 @@ class StudyRunner:
             self.study.set_user_attr(f"{StudyAttr.PHASES_PREFIX}{report.number}", spent)
         return report
 
+    def time_by_phase(self) -> tuple[float, dict[str, float]]:
+        """This process's wall seconds since the runner was made, and how they split by phase."""
+        wall = time.perf_counter() - self._started[0]
+        return wall, since(self._started[1], CLOCK.snapshot(), wall)
+
     def write_phases(self) -> Path:
         """This process's time by phase since the runner was made, as ``<out>/phases/<host>-<pid>.json``."""
-        wall = time.perf_counter() - self._started[0]
+        wall, spent = self.time_by_phase()
         path = phases_file(self.output, HOST, os.getpid())
         path.parent.mkdir(parents=True, exist_ok=True)
-        spent = since(self._started[1], CLOCK.snapshot(), wall)
         path.write_text(json.dumps({"wall_s": round(wall, 3), "phases": spent}, indent=1))
         return path
 
