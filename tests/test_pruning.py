@@ -60,3 +60,29 @@ def test_successive_halving_works_through_the_view():
         _finished(study, "none", [value, value])
     assert _running(study, "none", 0.1, step=1).should_prune()
     assert not _running(study, "embeddings", 0.1, step=1).should_prune()
+
+
+def test_a_confirmation_trial_is_never_pruned(tmp_path):
+    """Its seeds' mean ± std is the noise estimate: pruning the unlucky seeds would report only the lucky ones."""
+    from types import SimpleNamespace
+
+    from e2e_helpers import write_study
+
+    from sweeps.config import load_spec
+    from sweeps.records import TrialAttr
+    from sweeps.study.observer import PruningObserver
+    from sweeps.train import EpochResult
+
+    spec = load_spec(write_study(tmp_path / "s.yaml", tmp_path / "model", tmp_path / "data"))
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(0, 0))
+    for value in (0.9, 0.95):
+        _finished(study, "none", [value])
+    tracker = SimpleNamespace(log_metrics=lambda *a, **k: None)
+    epoch = EpochResult(0, {"accuracy": 0.5, "train_loss": 1.0, "epoch_time_s": 1.0, "peak_memory_mb": 1.0}, {})
+
+    search = _running(study, "none", 0.5)
+    assert PruningObserver(search, spec, tracker, None, lambda _: None).on_epoch(epoch) is not None
+    study.enqueue_trial({}, user_attrs={TrialAttr.CONFIRM_OF: 0, TrialAttr.CONFIRM_SEED: 43})
+    confirmation = study.ask()
+    confirmation.set_user_attr("strategy", "none")
+    assert PruningObserver(confirmation, spec, tracker, None, lambda _: None).on_epoch(epoch) is None

@@ -23,7 +23,7 @@ CONFIRM_SEED = TrialAttr.CONFIRM_SEED
 BASELINE = "none"
 
 
-def is_confirmation(trial: FrozenTrial) -> bool:
+def is_confirmation(trial: FrozenTrial | optuna.Trial) -> bool:
     return trial.user_attrs.get(CONFIRM_OF) is not None
 
 

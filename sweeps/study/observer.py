@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import optuna
 
 from sweeps.config import StudySpec
+from sweeps.study.confirm import is_confirmation
 from sweeps.track import Tracker
 
 if TYPE_CHECKING:
@@ -24,8 +25,10 @@ class PruningObserver:
     """Logs each epoch of trial ``trial`` to its MLflow run and asks Optuna's pruner whether to stop.
 
     Pruning is fair only once the strategy's plan is final (``EpochResult.schedule_complete``: gradual unfreezing is
-    not judged while its lower layers are still frozen), and Optuna cannot prune multi-objective studies. With
-    cross-validation the pruner sees the running mean after each fold instead of epochs.
+    not judged while its lower layers are still frozen), and Optuna cannot prune multi-objective studies. A
+    confirmation trial (a finalist retrained with another seed) is never pruned: its seeds' mean ± std is the noise
+    estimate, and pruning the unlucky seeds would report only the lucky ones. With cross-validation the pruner sees
+    the running mean after each fold instead of epochs.
     """
 
     def __init__(
@@ -37,7 +40,7 @@ class PruningObserver:
         self.run_id = run_id
         self.say = say
         self.metric = spec.task.metric
-        self.can_prune = not spec.multi_objective
+        self.can_prune = not spec.multi_objective and not is_confirmation(trial)
         self.epochs: list[EpochResult] = []  # what ran, also when the trial is stopped (the report's curves)
 
     def on_epoch(self, result: EpochResult) -> str | None:
