@@ -104,13 +104,16 @@ def outcome(out: Path, name: str) -> dict[str, Any]:
     """The study's recommendation (best configuration by the report's ranking; its seeds' test scores) and health."""
     import optuna
 
+    from sweeps.records import StudyAttr
+    from sweeps.report.recommend import prediction_reader
     from sweeps.report.table import _study_metric, all_test_metrics, trials_table
     from sweeps.report.verdict import Verdict, config_id
 
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}")
     metric, direction = _study_metric(study)
     table = trials_table(study, metric, direction)
-    verdict = Verdict(table, metric, direction)
+    labels = study.user_attrs.get(StudyAttr.LABELS) or []
+    verdict = Verdict(table, metric, direction, predictions=prediction_reader(out, labels), num_labels=len(labels))
     tests = all_test_metrics(study)
     evidence = verdict.evidence()
     ranked = evidence if not evidence.empty else verdict.ranked  # nothing learned: still report the best's test score
@@ -122,8 +125,11 @@ def outcome(out: Path, name: str) -> dict[str, Any]:
     scores = {k: [tests[n][k] for n in seeds if n in tests and k in tests[n]] for k in ("accuracy", "f1_macro")}
     best_by_strategy = verdict.best_per_strategy()
     at_chance = sorted(s for s in set(table["strategy"]) if s not in best_by_strategy)
+    # the study's own noise rule (seeds after confirmation, else a paired bootstrap): strategies it calls a tie
+    ties = sorted(s for s, row in best_by_strategy.items()
+                  if s != best["strategy"] and (d := verdict.compare(row, best)) is not None and d.tie)
     return {"strategy": str(best["strategy"]), "config": cid, "test": scores, "at_chance": at_chance,
-            "trials": int((table["state"] == "complete").sum())}
+            "tied_with_best": ties, "trials": int((table["state"] == "complete").sum())}
 
 
 def fmt(values: list[float]) -> str:
@@ -131,6 +137,52 @@ def fmt(values: list[float]) -> str:
         return "n/a"
     std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     return f"{np.mean(values):.4f} ± {std:.4f} (n={len(values)})"
+
+
+def render(results: dict[str, Any]) -> str:
+    """The printed summary of one benchmark invocation (also from ``--reanalyse``)."""
+    lines = [
+        f"rows {results['rows']} train / {results['validation_rows']} validation, {results['epochs']} epochs, "
+        f"{results['trials']} trials, "
+        f"{results['seeds']} seeds per finalist",
+        f"default full fine-tune (none, lr 5e-5): test accuracy {fmt(results['default']['test'].get('accuracy', []))}, "
+        f"macro-F1 {fmt(results['default']['test'].get('f1_macro', []))}, wall {results['default']['wall_s']:.0f} s",
+    ]
+    for name, r in results["studies"].items():
+        lines.append(
+            f"{name}: recommends {r['strategy']} (trial {r.get('config')}): "
+            f"test accuracy {fmt(r['test'].get('accuracy', []))}, "
+            f"macro-F1 {fmt(r['test'].get('f1_macro', []))}; strategies without a learned trial: "
+            f"{', '.join(r['at_chance']) or 'none'}; wall {r['wall_s']:.0f} s = {r['wall_vs_default']:.2f}× the default"
+        )
+    picks = {r["strategy"] for r in results["studies"].values()}
+    names = ", ".join(map(str, sorted(picks, key=str)))
+    lines.append(f"same recommendation across study seeds: {len(picks) == 1} ({names})")
+    if len(picks) > 1:
+        # "or say they tie": every study's pick is its own best or one it calls tied with its best
+        agree = all(p in {r["strategy"], *r["tied_with_best"]} for r in results["studies"].values() for p in picks)
+        for name, r in results["studies"].items():
+            lines.append(f"{name}: tied with its best ({r['strategy']}): {', '.join(r['tied_with_best']) or 'nothing'}")
+        lines.append(f"every study calls the other picks a tie with its own: {agree}")
+    for name, r in results["studies"].items():
+        ref, got = results["default"]["test"].get("accuracy", []), r["test"].get("accuracy", [])
+        if ref and got:
+            spread = (np.std(ref, ddof=1) if len(ref) > 1 else 0) + (np.std(got, ddof=1) if len(got) > 1 else 0)
+            delta = float(np.mean(got) - np.mean(ref))
+            verdict = "tie" if abs(delta) <= spread else ("better" if delta > 0 else "WORSE")
+            lines.append(f"{name} vs default on test: {delta:+.4f} accuracy (seed spread {spread:.4f}): {verdict}")
+    return "\n".join(lines)
+
+
+def reanalyse(out: Path) -> dict[str, Any]:
+    """The results of a finished invocation, recomputed from its study folders (wall times as measured then)."""
+    results = json.loads((out / "results.json").read_text())
+    results["default"] = {"wall_s": results["default"]["wall_s"], **outcome(out / "default", "default")}
+    for name, previous in results["studies"].items():
+        results["studies"][name] = {"wall_s": previous["wall_s"], "wall_vs_default": previous["wall_vs_default"],
+                                    **outcome(out / name, name)}
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    return results
 
 
 def main() -> None:
@@ -145,7 +197,12 @@ def main() -> None:
     parser.add_argument("--model", type=cli_model, default=MODEL)
     parser.add_argument("--out", type=cli_path, default=cli_path("bench-out/efficacy"))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: runs every step, measures nothing")
+    parser.add_argument("--reanalyse", action="store_true",
+                        help="train nothing: re-read the finished study folders and wall times under --out")
     args = parser.parse_args()
+    if args.reanalyse:
+        print(render(reanalyse(args.out)))
+        return
     small = args.smoke
     rows = args.rows or (48 if small else 2000)
     val_rows = args.val_rows or (24 if small else 500)
@@ -183,30 +240,7 @@ def main() -> None:
         results["studies"][name] = {"wall_s": wall, "wall_vs_default": wall / wall_default,
                                     **outcome(args.out / name, name)}
 
-    lines = [
-        f"rows {info['train']} train / {info['validation']} validation, {epochs} epochs, {trials} trials, "
-        f"{seeds} seeds per finalist",
-        f"default full fine-tune (none, lr 5e-5): test accuracy {fmt(results['default']['test'].get('accuracy', []))}, "
-        f"macro-F1 {fmt(results['default']['test'].get('f1_macro', []))}, wall {wall_default:.0f} s",
-    ]
-    for name, r in results["studies"].items():
-        lines.append(
-            f"{name}: recommends {r['strategy']} (trial {r.get('config')}): "
-            f"test accuracy {fmt(r['test'].get('accuracy', []))}, "
-            f"macro-F1 {fmt(r['test'].get('f1_macro', []))}; strategies without a learned trial: "
-            f"{', '.join(r['at_chance']) or 'none'}; wall {r['wall_s']:.0f} s = {r['wall_vs_default']:.2f}× the default"
-        )
-    picks = {r["strategy"] for r in results["studies"].values()}
-    names = ", ".join(map(str, sorted(picks, key=str)))
-    lines.append(f"same recommendation across study seeds: {len(picks) == 1} ({names})")
-    for name, r in results["studies"].items():
-        ref, got = results["default"]["test"].get("accuracy", []), r["test"].get("accuracy", [])
-        if ref and got:
-            spread = (np.std(ref, ddof=1) if len(ref) > 1 else 0) + (np.std(got, ddof=1) if len(got) > 1 else 0)
-            delta = float(np.mean(got) - np.mean(ref))
-            verdict = "tie" if abs(delta) <= spread else ("better" if delta > 0 else "WORSE")
-            lines.append(f"{name} vs default on test: {delta:+.4f} accuracy (seed spread {spread:.4f}): {verdict}")
-    print("\n".join(lines))
+    print(render(results))
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
 
 
