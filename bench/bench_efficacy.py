@@ -167,8 +167,13 @@ def render(results: dict[str, Any]) -> str:
     for name, r in results["studies"].items():
         ref, got = results["default"]["test"].get("accuracy", []), r["test"].get("accuracy", [])
         if ref and got:
-            spread = (np.std(ref, ddof=1) if len(ref) > 1 else 0) + (np.std(got, ddof=1) if len(got) > 1 else 0)
             delta = float(np.mean(got) - np.mean(ref))
+            if min(len(ref), len(got)) < 2:  # one test score on a side: no seed spread to judge the difference by
+                lines.append(f"{name} vs default on test: {delta:+.4f} accuracy (n={len(got)} vs n={len(ref)}: no "
+                             "seed spread on one side, so neither better nor worse is shown; "
+                             f"{'at least as good' if delta >= 0 else 'lower'} as measured)")
+                continue
+            spread = float(np.std(ref, ddof=1) + np.std(got, ddof=1))
             verdict = "tie" if abs(delta) <= spread else ("better" if delta > 0 else "WORSE")
             lines.append(f"{name} vs default on test: {delta:+.4f} accuracy (seed spread {spread:.4f}): {verdict}")
     return "\n".join(lines)
