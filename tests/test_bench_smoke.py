@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -49,6 +49,7 @@ class Run:
     stderr: str = ""
     wall_s: float = 0.0
     done: bool = False
+    env: dict[str, str] = field(default_factory=dict)  # what it ran with (a follow-up command runs the same way)
 
     def wait(self) -> Run:
         if not self.done:
@@ -96,7 +97,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
                 [sys.executable, str(BENCH / script), *args],
                 cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )
-            started[script] = Run(cwd, proc, time.monotonic())
+            started[script] = Run(cwd, proc, time.monotonic(), env=env)
         yield started
     finally:
         for run in started.values():
@@ -164,8 +165,16 @@ def test_bench_efficacy_smoke(runs: dict[str, Run]) -> None:
     assert results["smoke"] is True and results["seeds"] == 2
     assert len(results["default"]["test"]["accuracy"]) >= 1  # the default's seeds were evaluated on the test split
     (study,) = results["studies"].values()
-    assert study["trials"] >= 5 and study["wall_vs_default"] > 0
+    assert study["trials"] >= 5 and study["wall_vs_default"] > 0 and isinstance(study["tied_with_best"], list)
     assert "same recommendation across study seeds" in run.stdout
+    # --reanalyse re-reads the finished folders and keeps the measured wall times
+    again = subprocess.run([sys.executable, str(BENCH / "bench_efficacy.py"), "--reanalyse", "--data", "unused",
+                            "--out", "eff-out"], cwd=run.cwd, env=run.env, capture_output=True, text=True,
+                           timeout=TIMEOUT_S)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "same recommendation across study seeds" in again.stdout
+    assert json.loads((run.cwd / "eff-out" / "results.json").read_text())["default"]["wall_s"] == results["default"][
+        "wall_s"]
 
 
 def test_bench_study_cost_smoke(runs: dict[str, Run]) -> None:

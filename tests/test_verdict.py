@@ -164,3 +164,20 @@ def test_duplicates_are_not_evidence():
         duplicate_of=[None, 0],
     )
     assert list(rank(table, "accuracy", "maximize")["number"]) == [0]
+
+
+def test_a_win_against_a_baseline_tried_once_comes_with_a_caution():
+    rows = [
+        [0, "complete", "none", 0.61, 14.0, 1300, 22_000_000],  # one LR draw, too low
+        [1, "complete", "gradual", 0.87, 7.0, 1390, 22_000_000],
+        [2, "complete", "gradual", 0.86, 8.0, 1380, 22_000_000],
+    ]
+    verdict = Verdict(_table(rows), "accuracy", "maximize", predictions=_preds({0: 305, 1: 435, 2: 430}))
+    text = " ".join(verdict.sentences())
+    assert "better" in text
+    assert "Caution: full fine-tuning (none) was tried at 1 configuration, gradual at 2" in text
+    # as many baseline configurations as the winner's (confirmation seeds are one configuration): no caution
+    rows += [[3, "complete", "none", 0.80, 14.0, 1300, 22_000_000], [4, "complete", "none", 0.79, 14.0, 1300, 1]]
+    table = _table(rows, confirm_of=[None, None, None, None, 3])
+    verdict = Verdict(table, "accuracy", "maximize", predictions=_preds({0: 305, 1: 435, 2: 430, 3: 400, 4: 395}))
+    assert "Caution" not in " ".join(verdict.sentences())  # none: configurations 0 and 3, as many as gradual

@@ -299,7 +299,22 @@ class Verdict:
         sentence = head + diff.describe(self.metric) + self._costs_relative(best, base, "its") + "."
         if diff.tie:
             sentence += f" Call it a tie: {best['strategy']} is as good as full fine-tuning here, not better."
-        return [sentence]
+        return [sentence, *self._baseline_tuning(best)]
+
+    def _baseline_tuning(self, best: pd.Series) -> list[str]:
+        """A baseline tried at fewer settings than the winner is the worst-tuned arm: a win against it may be the
+        learning rate it drew, not what the winner freezes (one configuration is one draw of its LR range)."""
+        evidence = self.evidence()
+        configs = evidence.assign(_config=[config_id(r) for _, r in evidence.iterrows()]).drop_duplicates("_config")
+        tried = configs["strategy"].value_counts()
+        ours, theirs = int(tried.get(BASELINE, 0)), int(tried.get(best["strategy"], 0))
+        if ours >= 2 and ours >= theirs:
+            return []
+        return [
+            f"Caution: full fine-tuning ({BASELINE}) was tried at {ours} configuration{'s' if ours != 1 else ''}, "
+            f"{best['strategy']} at {theirs}: a better-tuned baseline may close the gap (more trials, or a "
+            f"narrower learning-rate range for {BASELINE})."
+        ]
 
     def _cheapest_tie(self, best: pd.Series) -> list[str]:
         """The cheapest strategy whose best trial ties with the overall best (what freezing buys for free)."""
