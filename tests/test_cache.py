@@ -12,23 +12,22 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import transformers
+from loop_helpers import assert_same_metrics, run_loop
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers.utils import logging as hf_logging
 
-from strategies import FreezeController, LayerMap, discover_layers, make_optimizer_factory
+from strategies import LayerMap, discover_layers
 from strategies.bottom_n import BottomN
 from strategies.gradual import Gradual
 from sweeps.cache import CachedPrefixForward, clear_memory_cache, publish, remove_stale_tmp, token_fingerprints
 from sweeps.train.forward import DirectForward, ForwardRunner
-from sweeps.train.loop import LoopConfig, TrainingLoop
-from sweeps.train.memory import PeakMemory
+from sweeps.train.loop import LoopConfig
 
 hf_logging.set_verbosity_error()
 
@@ -241,46 +240,15 @@ def test_float16_and_bfloat16_storage_are_close_and_compact(tmp_path: Path) -> N
 
 
 # -- the training loop -------------------------------------------------------------------------------------------------
-class EachEpoch:
-    """An observer that calls ``fn(epoch)`` after every epoch and never stops the loop."""
-
-    def __init__(self, fn: Callable[[int], None]) -> None:
-        self.fn = fn
-
-    def on_epoch(self, result: Any) -> None:
-        self.fn(result.epoch)
-
-
 def train(model: nn.Module, strategy: object, runner: ForwardRunner, epochs: int = 3,
           on_epoch: Callable[[int], None] | None = None) -> list[dict[str, float]]:
-    layer_map = discover_layers(model)
-    controller = FreezeController(model, layer_map, make_optimizer_factory("adamw"), base_lr=3e-3)
-    memory = PeakMemory(torch.device("cpu"))
-    loop = TrainingLoop(
-        model, layer_map, strategy, controller,  # type: ignore[arg-type]
+    return run_loop(
+        model, strategy, runner,
         loader(dataset(48, seed=7), batch_size=8, seed=11),
         loader(dataset(24, seed=8), batch_size=16, shuffle=False),
         LoopConfig(epochs=epochs, batch_size=8, eval_batch_size=16, scheduler="constant", divergence_factor=0.0),
-        torch.device("cpu"), runner=runner, memory=memory,
-        observer=EachEpoch(on_epoch) if on_epoch else None,
+        on_epoch=on_epoch,
     )
-    try:
-        result = loop.run()
-    finally:
-        memory.close()
-        runner.close()
-    assert controller.finish()
-    return [e.metrics for e in result.epochs]
-
-
-KEYS = ("train_loss", "eval_loss", "accuracy", "f1_macro")
-
-
-def assert_same_metrics(a: list[dict[str, float]], b: list[dict[str, float]]) -> None:
-    assert len(a) == len(b)
-    for ea, eb in zip(a, b):
-        for k in KEYS:
-            assert ea[k] == pytest.approx(eb[k], abs=1e-5, rel=1e-5), (k, ea[k], eb[k])
 
 
 @pytest.mark.parametrize("n", [2, 4])

@@ -18,18 +18,18 @@ from typing import Any
 import pytest
 import torch
 import transformers
+from loop_helpers import assert_same_metrics, run_loop
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers.utils import logging as hf_logging
 
-from strategies import FreezeController, LayerMap, discover_layers, make_optimizer_factory
+from strategies import LayerMap, discover_layers
 from strategies.bottom_n import BottomN
 from strategies.gradual import Gradual
 from sweeps.cache import CachedPrefixForward, clear_memory_cache
 from sweeps.data.images import augment_pixels
 from sweeps.train.forward import DirectForward, ForwardRunner
-from sweeps.train.loop import LoopConfig, TrainingLoop
-from sweeps.train.memory import PeakMemory
+from sweeps.train.loop import LoopConfig
 
 hf_logging.set_verbosity_error()
 
@@ -212,39 +212,13 @@ def test_float16_storage_is_close(tmp_path: Path) -> None:
 # -- the training loop -------------------------------------------------------------------------------------------------
 def train(model: nn.Module, runner: ForwardRunner, n: int, size: int, epochs: int = 3, train_bn: bool = False,
           on_epoch: Callable[[int], None] | None = None, strategy: Any = None) -> list[dict[str, float]]:
-    layer_map = discover_layers(model)
-    controller = FreezeController(model, layer_map, make_optimizer_factory("adamw"), base_lr=3e-3, train_bn=train_bn)
-
-    class EachEpoch:
-        def on_epoch(self, result: Any) -> None:
-            if on_epoch is not None:
-                on_epoch(result.epoch)
-
-    memory = PeakMemory(torch.device("cpu"))
-    loop = TrainingLoop(
-        model, layer_map, strategy or BottomN(n=n), controller,  # type: ignore[arg-type]
+    return run_loop(
+        model, strategy or BottomN(n=n), runner,
         loader(images(24, size, seed=7), batch_size=8, seed=11),
         loader(images(12, size, seed=8), batch_size=6, shuffle=False),
         LoopConfig(epochs=epochs, batch_size=8, eval_batch_size=6, scheduler="constant", divergence_factor=0.0),
-        torch.device("cpu"), runner=runner, memory=memory, observer=EachEpoch(),
+        train_bn=train_bn, on_epoch=on_epoch,
     )
-    try:
-        result = loop.run()
-    finally:
-        memory.close()
-        runner.close()
-    assert controller.finish()
-    return [e.metrics for e in result.epochs]
-
-
-KEYS = ("train_loss", "eval_loss", "accuracy", "f1_macro")
-
-
-def assert_same_metrics(a: list[dict[str, float]], b: list[dict[str, float]]) -> None:
-    assert len(a) == len(b)
-    for ea, eb in zip(a, b, strict=True):
-        for k in KEYS:
-            assert ea[k] == pytest.approx(eb[k], abs=1e-5, rel=1e-5), (k, ea[k], eb[k])
 
 
 @pytest.mark.parametrize(("build", "n"), [(resnet, 2), (convnext, 1), (vit, 2)], ids=["resnet", "convnext", "vit"])
