@@ -102,7 +102,7 @@ def study_outcome(out: Path, study_path: Path) -> dict[str, Any]:
     import optuna
 
     from sweeps.phases import overhead_fraction
-    from sweeps.records import StudyAttr
+    from sweeps.records import StudyAttr, TrialAttr
     from sweeps.report.table import _study_metric, trials_table
     from sweeps.report.verdict import Verdict
 
@@ -111,12 +111,13 @@ def study_outcome(out: Path, study_path: Path) -> dict[str, Any]:
     metric, direction = _study_metric(study)
     table = trials_table(study, metric, direction)
     verdict = Verdict(table, metric, direction)
-    ranked = verdict.evidence() if not verdict.evidence().empty else verdict.ranked
+    evidence = verdict.evidence()
+    ranked = evidence if not evidence.empty else verdict.ranked
     best = ranked.iloc[0] if not ranked.empty else None
     trials = []
     for t in study.get_trials(deepcopy=False):
         phases = study.user_attrs.get(f"{StudyAttr.PHASES_PREFIX}{t.number}")
-        if phases and t.user_attrs.get("duplicate_of") is None:
+        if phases and t.user_attrs.get(TrialAttr.DUPLICATE_OF) is None:
             trials.append({"number": t.number, "state": t.state.name.lower(), "wall_s": sum(phases.values()),
                            "overhead": overhead_fraction(phases), "phases": phases})
     return {
