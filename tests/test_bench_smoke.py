@@ -181,7 +181,7 @@ def test_bench_study_cost_smoke(runs: dict[str, Run]) -> None:
     run = runs["bench_study_cost.py"].check()
     results = json.loads((run.cwd / "cost-out" / "results.json").read_text())
     assert results["trials"] == 3
-    for arm in ("default", "study", "speed_ups_off"):
+    for arm in ("default", "study", "speed_ups_off", "successive_halving"):
         r = results[arm]
         assert r["wall_s"] > 0 and r["strategy"] is not None, (arm, r)
         assert {"startup", "tokenisation", "model_load", "training", "evaluation", "other"} <= set(r["phases"]), arm
@@ -189,3 +189,4 @@ def test_bench_study_cost_smoke(runs: dict[str, Run]) -> None:
         assert r["trials"] and all(0 <= t["overhead"] <= 1 for t in r["trials"]), arm
     assert len(results["default"]["trials"]) == 1
     assert "x (a)" in run.stdout and "per-trial fixed overhead" in run.stdout, run.stdout
+    assert "one completed trial per strategy" in run.stdout and "recommendation (d)" in run.stdout, run.stdout
