@@ -123,8 +123,8 @@ def study_outcome(out: Path, study_path: Path) -> dict[str, Any]:
     for t in study.get_trials(deepcopy=False):
         phases = study.user_attrs.get(f"{StudyAttr.PHASES_PREFIX}{t.number}")
         if phases and t.user_attrs.get(TrialAttr.DUPLICATE_OF) is None:
-            trials.append({"number": t.number, "state": t.state.name.lower(), "strategy": t.user_attrs.get(TrialAttr.STRATEGY),
-                           "wall_s": sum(phases.values()),
+            trials.append({"number": t.number, "state": t.state.name.lower(),
+                           "strategy": t.user_attrs.get(TrialAttr.STRATEGY), "wall_s": sum(phases.values()),
                            "overhead": overhead_fraction(phases), "phases": phases})
     return {
         "strategy": None if best is None else str(best["strategy"]),

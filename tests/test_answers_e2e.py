@@ -138,3 +138,53 @@ def test_a_gradual_schedule_that_cannot_finish_is_flagged(assets: tuple[Path, Pa
     err = capsys.readouterr().err
     assert "strategies[0].params: gradual's schedule changes for the last time at the start of epoch 4" in err
     assert "Use epochs >= 4" in err
+
+
+def _strategies_in_order(study: optuna.Study) -> list[str]:
+    return [t.params.get("strategy") or t.system_attrs["fixed_params"]["strategy"] for t in study.get_trials()]
+
+
+def test_min_trials_per_strategy_enqueues_even_rounds_within_the_budget(assets: tuple[Path, Path],
+                                                                        tmp_path: Path) -> None:
+    """Each strategy's first trial, then each one's second: a budget too small for the minimum is shared evenly; a
+    rerun enqueues nothing more, and a confirmation retrain does not count toward the minimum."""
+    from sweeps.config import load_spec
+    from sweeps.study import StudyRunner
+
+    model, data = assets
+    strategies = [{"name": "none"}, {"name": "bottom_n", "params": {"n": 1}}, {"name": "embeddings"}]
+    study_file = write_study(tmp_path / "study.yaml", model, data, strategies=strategies,
+                             optuna={"n_trials": 5, "pruner": "none", "min_trials_per_strategy": 2},
+                             tracking={"enabled": False})
+    runner = StudyRunner(load_spec(study_file, output=str(tmp_path / "out")), tmp_path / "out")
+    runner._cover_strategies()
+    assert _strategies_in_order(runner.study) == ["none", "bottom_n", "embeddings", "none", "bottom_n"]
+    runner._cover_strategies()
+    assert len(runner.study.get_trials()) == 5, "waiting trials count: a second runner enqueues nothing"
+
+    more = load_spec(study_file, ["optuna.n_trials=20"], output=str(tmp_path / "out"))
+    runner = StudyRunner(more, tmp_path / "out")
+    runner.study.enqueue_trial({"strategy": "embeddings"}, user_attrs={"confirm_of": 2, "confirm_seed": 43})
+    runner._cover_strategies()
+    assert _strategies_in_order(runner.study)[5:] == ["embeddings", "embeddings"]
+
+
+def test_min_trials_per_strategy_trains_each_strategy_that_often(assets: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = assets
+    study_file = write_study(
+        tmp_path / "study.yaml", model, data, strategies=[{"name": "none"}, {"name": "bottom_n", "params": {"n": 1}}],
+        optuna={"n_trials": 4, "pruner": "none", "min_trials_per_strategy": 2},
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(study_file), "--output", str(out), "--no-report"]) == 0
+    trials = _load(out).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert sorted(t.user_attrs["strategy"] for t in trials) == ["bottom_n", "bottom_n", "none", "none"]
+    assert len({t.params["none.training.learning_rate"] for t in trials if t.user_attrs["strategy"] == "none"}) == 2
+
+
+def test_min_trials_per_strategy_is_validated(assets: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    model, data = assets
+    study_file = write_study(tmp_path / "study.yaml", model, data, optuna={"min_trials_per_strategy": 0})
+    assert main(["validate", str(study_file)]) == 2
+    assert "optuna.min_trials_per_strategy" in capsys.readouterr().err

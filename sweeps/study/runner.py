@@ -238,27 +238,41 @@ class StudyRunner:
         )
 
     def _cover_strategies(self) -> None:
-        """Every strategy in the study file gets a trial before the sampler takes over: with a few trials, a sampler's
-        random start-up could otherwise leave a strategy untried and the comparison would be silent about it. A
-        strategy counts as covered by a trial that ended on its own (complete, pruned, genuinely failed) or is
-        running or waiting — not by one that was interrupted or whose worker died."""
+        """Every strategy in the study file gets ``optuna.min_trials_per_strategy`` trials (default 1) before the
+        sampler takes over, in rounds (each strategy's first, then each one's second, ...) so that a budget too small
+        for all of them is shared evenly: with a few trials, a sampler's random start-up could leave a strategy untried,
+        or judge the baseline at one learning rate against a rival tried at three. Only the strategy is fixed; the
+        sampler draws the rest. A strategy's trial counts when it ended on its own (complete, pruned, genuinely failed)
+        or is running or waiting — not when it was interrupted or its worker died, and not a confirmation retrain."""
         if len(self.spec.strategies) < 2:
             return
-        covered = set()
+        with self._study_lock("cover"):  # runners started at once would otherwise each enqueue the same rounds
+            self._enqueue_cover_rounds()
+
+    def _enqueue_cover_rounds(self) -> None:
+        """Count each strategy's trials, then enqueue the missing ones round by round while the budget has room (trials
+        already waiting take room too: they will use up ``n_trials`` once they run)."""
+        counts = {entry.name: 0 for entry in self.spec.strategies}
+        waiting = 0
         for t in self.study.get_trials(deepcopy=False):
+            if is_confirmation(t):
+                continue
+            waiting += t.state == TrialState.WAITING
             strategy = t.params.get(STRATEGY_PARAM) or t.system_attrs.get("fixed_params", {}).get(STRATEGY_PARAM)
             live = t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-            if live or (t.state == TrialState.FAIL and counts_toward_budget(t)):
-                covered.add(strategy)
+            if strategy in counts and (live or (t.state == TrialState.FAIL and counts_toward_budget(t))):
+                counts[strategy] += 1
         n_trials = self.spec.optuna.n_trials
-        room = None if n_trials is None else max(n_trials - budget_used(self.study), 0)
-        for entry in self.spec.strategies:
-            if entry.name in covered:
-                continue
-            if room is not None and room <= 0:
-                break  # fewer trials left than strategies: the rest stay untried (the report says so)
-            self.study.enqueue_trial({STRATEGY_PARAM: entry.name}, skip_if_exists=True)
-            room = None if room is None else room - 1
+        room = None if n_trials is None else max(n_trials - budget_used(self.study) - waiting, 0)
+        for round_ in range(self.spec.optuna.min_trials_per_strategy):
+            for name, count in counts.items():
+                if count > round_:
+                    continue
+                if room is not None and room <= 0:
+                    return  # fewer trials left than the minimum asks for: the report says which strategies got fewer
+                self.study.enqueue_trial({STRATEGY_PARAM: name})
+                counts[name] += 1
+                room = None if room is None else room - 1
 
     def run_one(self, n_trials: int | None) -> TrialReport | None:
         """Ask for one trial and run it (or skip it); where its wall time went is recorded on the study (attribute
