@@ -86,3 +86,32 @@ def test_a_confirmation_trial_is_never_pruned(tmp_path):
     confirmation = study.ask()
     confirmation.set_user_attr("strategy", "none")
     assert PruningObserver(confirmation, spec, tracker, None, lambda _: None).on_epoch(epoch) is None
+
+
+def test_the_last_epoch_is_reported_but_never_pruned(tmp_path):
+    """Stopping after the last epoch saves nothing: the finished trial must stay COMPLETE (in the 12-trial SST-2 cost
+    benchmark gradual trials, judged only on their last epoch, were recorded as pruned after training to the end)."""
+    from types import SimpleNamespace
+
+    from e2e_helpers import write_study
+
+    from sweeps.config import load_spec
+    from sweeps.study.observer import PruningObserver
+    from sweeps.train import EpochResult
+
+    spec = load_spec(write_study(tmp_path / "s.yaml", tmp_path / "model", tmp_path / "data"))
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(0, 0))
+    for value in (0.9, 0.95):
+        _finished(study, "none", [value, value])
+    tracker = SimpleNamespace(log_metrics=lambda *a, **k: None)
+    metrics = {"accuracy": 0.5, "train_loss": 1.0, "epoch_time_s": 1.0, "peak_memory_mb": 1.0}
+
+    def observer() -> PruningObserver:
+        trial = study.ask()
+        trial.set_user_attr("strategy", "none")
+        return PruningObserver(trial, spec, tracker, None, lambda _: None)
+
+    assert observer().on_epoch(EpochResult(1, metrics, {})) is not None  # worse than both at epoch 2 of more
+    last = observer()
+    assert last.on_epoch(EpochResult(1, metrics, {}, last=True)) is None
+    assert study.trials[last.trial.number].intermediate_values == {1: 0.5}  # reported: the learning curve is whole

@@ -28,7 +28,9 @@ class PruningObserver:
     not judged while its lower layers are still frozen), and Optuna cannot prune multi-objective studies. A
     confirmation trial (a finalist retrained with another seed) is never pruned: its seeds' mean ± std is the noise
     estimate, and pruning the unlucky seeds would report only the lucky ones. With cross-validation the pruner sees
-    the running mean after each fold instead of epochs.
+    the running mean after each fold instead of epochs. The last epoch (or fold) is reported but never pruned:
+    stopping then saves no time and would only throw away a finished result (gradual trials, judged only once their
+    schedule completes on the last epoch, were recorded as pruned after training to the end).
     """
 
     def __init__(
@@ -57,7 +59,7 @@ class PruningObserver:
             return None
         value = m[self.metric]
         self.trial.report(value, step=result.epoch)
-        if self.trial.should_prune():
+        if not result.last and self.trial.should_prune():
             return f"pruned at epoch {result.epoch + 1}: {self.metric}={value:.4f}"
         return None
 
@@ -70,6 +72,6 @@ class PruningObserver:
         if not self.can_prune:
             return None
         self.trial.report(value, step=fold)
-        if self.trial.should_prune():
+        if fold + 1 < self.spec.task.cv.folds and self.trial.should_prune():
             return f"pruned after fold {fold + 1}: mean {self.metric}={value:.4f}"
         return None

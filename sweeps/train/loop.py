@@ -69,6 +69,7 @@ class EpochResult:
     learning_rates: dict[str, float]
     plan_changed: bool = False
     schedule_complete: bool = True  # the strategy's plan no longer changes from this epoch on (fair to prune)
+    last: bool = False  # the run's final epoch: stopping now saves nothing
 
 
 class EpochObserver(Protocol):
@@ -248,7 +249,8 @@ class TrainingLoop:
                 "trainable_params": float(self.controller.trainable_params()),
             }
             epoch_result = EpochResult(
-                epoch, metrics, self._epoch_learning_rates(), changed, schedule_complete=epoch >= schedule_end
+                epoch, metrics, self._epoch_learning_rates(), changed, schedule_complete=epoch >= schedule_end,
+                last=epoch == cfg.epochs - 1,
             )
             result.epochs.append(epoch_result)
             value = metrics[cfg.metric]
