@@ -106,6 +106,9 @@ def schedule_end_epoch(strategy: Strategy, layer_map: LayerMap, steps_per_epoch:
     return end
 
 
+CUDA_LOSS_SYNC_STEPS = 32
+
+
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
     """bf16/fp16 autocast on CUDA (bf16 also on CPU); fp32 is a no-op."""
     if precision == "fp32":
@@ -212,6 +215,9 @@ class TrainingLoop:
         self._lr_sums: dict[str, float] = {}
         self._lr_steps = 0
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" and device.type == "cuda" else None
+        # a loss read on the host (``.item()``) waits for the GPU to finish the step: on CUDA the losses are read in
+        # blocks, so the device runs ahead; on CPU reading is free and a divergence is caught at its own batch
+        self.loss_sync_steps = CUDA_LOSS_SYNC_STEPS if device.type == "cuda" else 1
 
     # -- plan -----------------------------------------------------------------------------------------------------
     def _apply_plan(self, epoch: int) -> bool:
@@ -295,19 +301,21 @@ class TrainingLoop:
         n_batches = len(self.train_loader)
         start = time.perf_counter()
         batches_iter = _progress(self.train_loader, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress_interval_s)
+        pending: list[tuple[int, torch.Tensor]] = []  # (batch, loss) not yet read on the host
         for i, batch in enumerate(batches_iter):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with autocast_context(self.device, cfg.precision):
                 logits = self.runner.logits(self.model, batch, "train")
                 loss = nn.functional.cross_entropy(logits.float(), batch["labels"])
-            value = loss.item()
-            self._check_loss(value, epoch, i, first_losses)
+            pending.append((i, loss.detach()))
+            if len(pending) >= self.loss_sync_steps or i + 1 == n_batches:
+                loss_sum += self._check_losses(pending, epoch, first_losses)
+                pending = []
             scaled = loss / cfg.grad_accum_steps
             if self.scaler is not None:
                 self.scaler.scale(scaled).backward()
             else:
                 scaled.backward()
-            loss_sum += value
             batches += 1
             seen += int(batch["labels"].shape[0])
             if (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == n_batches:
@@ -319,6 +327,13 @@ class TrainingLoop:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return loss_sum / max(batches, 1), time.perf_counter() - start, seen
+
+    def _check_losses(self, pending: list[tuple[int, torch.Tensor]], epoch: int, first_losses: list[float]) -> float:
+        """Read a block of losses with one host-device sync, check each at its own batch; returns their sum."""
+        values = torch.stack([loss for _, loss in pending]).tolist()
+        for (step, _), value in zip(pending, values, strict=True):
+            self._check_loss(value, epoch, step, first_losses)
+        return float(sum(values))
 
     def _check_loss(self, value: float, epoch: int, step: int, first_losses: list[float]) -> None:
         """NaN/inf is caught at the step it happens, not at the end of the epoch; so is an exploding loss."""
