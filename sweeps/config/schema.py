@@ -342,7 +342,7 @@ class OptunaConfig(_Model):
         "median"
     )
     pruner_warmup_epochs: Annotated[int, Ge(0)] = 0
-    # trials each strategy gets before the sampler chooses strategies (enqueued in rounds; see Runner._cover_strategies)
+    # trials per strategy before the sampler chooses strategies (enqueued in rounds: StudyRunner._cover_strategies)
     min_trials_per_strategy: Annotated[int, Ge(1), Le(100)] = 1
     # min_length on the list itself: applied to the ``| None`` union it raised TypeError for ``objectives: null``
     objectives: Annotated[
