@@ -178,7 +178,7 @@ def render(results: dict[str, Any]) -> str:
         "(b) by phase: " + ", ".join(f"{p} {s:.1f} s ({s / b['wall_s']:.0%})"
                                      for p, s in sorted(b["phases"].items(), key=lambda kv: -kv[1])),
     ]
-    (one,) = a["trials"] or [{"wall_s": a["wall_s"]}]
+    (one,) = a["trials"]  # the default fine-tune is one trial
     costs = strategy_costs(b["trials"], one["wall_s"])
     lines.append("(b) one completed trial per strategy, x (a)'s trial: " + ", ".join(
         f"{s} {x:.2f}" for s, x in costs.items()) + f"; sum {sum(costs.values()):.2f}x (the floor of a study that "

@@ -84,16 +84,15 @@ def _loader(ctx: StudyContext, ds: Any, batch_size: int, shuffle: bool, seed: in
     generator = torch.Generator().manual_seed(seed)
     columns = [c for c in ds.column_names if c not in ("text", "text_pair", "id", "length", "image_digest")]
     ds = ds.select_columns(columns)
-    collate = ctx.collator_for(train=shuffle, seed=seed)
-    pin = ctx.device.type == "cuda"  # page-locked batches: the non-blocking copy to the GPU overlaps the step
+    # page-locked batches on CUDA: the loop's non-blocking copy to the GPU then overlaps the step
+    common = {"batch_size": batch_size, "collate_fn": ctx.collator_for(train=shuffle, seed=seed),
+              "pin_memory": ctx.device.type == "cuda"}
     if shuffle and group_by_length and "input_ids" in columns:
         from transformers.trainer_pt_utils import LengthGroupedSampler
 
         lengths = [len(x) for x in ds["input_ids"]]
-        sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
-        return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate, pin_memory=pin)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate,
-                      pin_memory=pin)
+        return DataLoader(ds, sampler=LengthGroupedSampler(batch_size, lengths=lengths, generator=generator), **common)
+    return DataLoader(ds, shuffle=shuffle, generator=generator, **common)
 
 
 def _make_runner(
