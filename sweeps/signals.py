@@ -41,3 +41,28 @@ def ignoring_stop_signals() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def deferring_stop_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive inside the block take effect as it ends (the signal is raised again once the
+    previous handlers are back), so a few storage calls that belong together, a trial asked *and* claimed by this
+    process, are never split by Ctrl-C: a trial left RUNNING without its pid is recovered only after the grace period,
+    and as a dead worker's rather than as interrupted. Main thread only, like :func:`ignoring_stop_signals`."""
+    arrived: list[int] = []
+
+    def remember(signum: int, _frame: Any) -> None:
+        arrived.append(signum)
+
+    try:
+        previous = {s: signal.signal(s, remember) for s in STOP_SIGNALS}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if arrived:
+            signal.raise_signal(arrived[0])

@@ -104,7 +104,8 @@ def test_ctrl_c_to_the_workers_parent_stops_every_worker(tmp_path: Path) -> None
     assert not states.get("RUNNING"), states
     interrupted = [t for t in study.trials if t.user_attrs.get("interrupted")]
     assert len(interrupted) == 2 and len({t.user_attrs["pid"] for t in interrupted}) == 2, (
-        [(t.number, t.state.name, t.user_attrs.get("pid"), t.user_attrs.get("fail_reason")) for t in study.trials])
+        [(t.number, t.state.name, t.user_attrs.get("pid"), t.user_attrs.get("fail_reason")) for t in study.trials],
+        err[-4000:])
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     trial_runs = {r.data.tags["optuna.trial_number"]: r for r in runs if r.data.tags.get("sweeps.role") == "trial"}

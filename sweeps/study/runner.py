@@ -35,11 +35,12 @@ from sweeps.records import (
     phases_file,
     trial_model_dir,
 )
-from sweeps.signals import ignoring_stop_signals
+from sweeps.signals import deferring_stop_signals, ignoring_stop_signals
 from sweeps.study.confirm import choose_finalists, confirmation_seed, enqueue_confirmations, is_confirmation
 from sweeps.study.recovery import (
     HOST,
     budget_used,
+    close_orphan_runs,
     counts_toward_budget,
     heartbeat,
     recover_dead_trials,
@@ -298,17 +299,43 @@ class StudyRunner:
         return path
 
     def _run_one(self, n_trials: int | None) -> TrialReport | None:
+        """Ask for a trial and see it to an end. A stop signal at *any* point after the ask records the trial as
+        interrupted (Optuna FAIL, MLflow KILLED), not only during training: a worker's signal often lands while its
+        trial is being set up, and a trial left RUNNING there used to be recovered as a dead worker's."""
+        trial = None
+        try:
+            with deferring_stop_signals():  # asked and claimed (host, pid) as one step; a signal is raised after it
+                trial = self.study.ask()
+                if n_trials is not None and self._is_surplus(trial, n_trials):
+                    self.study.set_user_attr(StudyAttr.LAST_SURPLUS, trial.number)
+                    trial.set_user_attr(TrialAttr.SURPLUS, True)
+                    trial.set_user_attr(TrialAttr.FAIL_REASON, "surplus: n_trials already reached by other workers")
+                    self.study.tell(trial, state=TrialState.FAIL)
+                    return None
+                trial.set_user_attr(TrialAttr.HOST, HOST)
+                trial.set_user_attr(TrialAttr.PID, os.getpid())
+            return self._start(trial)
+        except KeyboardInterrupt as exc:
+            if trial is not None:
+                with ignoring_stop_signals():  # a second signal must not cut the bookkeeping short
+                    self._record_interrupt(trial, exc)
+            raise
+
+    def _record_interrupt(self, trial: optuna.Trial, exc: KeyboardInterrupt) -> None:
+        """The trial as interrupted, wherever the signal landed: still RUNNING, it is finished as interrupted; already
+        told (the signal came during the last bookkeeping), only its MLflow run may be left open. Either way an MLflow
+        run started but not yet recorded on the trial is closed too (:func:`close_orphan_runs`)."""
+        frozen = study_storage(self.study).get_trial(trial._trial_id)
+        if frozen.state == TrialState.RUNNING:
+            strategy = str(frozen.user_attrs.get(TrialAttr.STRATEGY, "?"))
+            run_id = frozen.user_attrs.get(TrialAttr.MLFLOW_RUN)
+            self.finish(trial, strategy, run_id, "interrupted", _interrupt_reason(exc))
+        close_orphan_runs(self.study, self.tracker)
+
+    def _start(self, trial: optuna.Trial) -> TrialReport | None:
+        """Sample the trial's parameters, open its MLflow run and train it (or skip it as a duplicate)."""
         from sweeps.study.suggest import suggest
 
-        trial = self.study.ask()
-        if n_trials is not None and self._is_surplus(trial, n_trials):
-            self.study.set_user_attr(StudyAttr.LAST_SURPLUS, trial.number)
-            trial.set_user_attr(TrialAttr.SURPLUS, True)
-            trial.set_user_attr(TrialAttr.FAIL_REASON, "surplus: n_trials already reached by other workers")
-            self.study.tell(trial, state=TrialState.FAIL)
-            return None
-        trial.set_user_attr(TrialAttr.HOST, HOST)
-        trial.set_user_attr(TrialAttr.PID, os.getpid())
         try:
             params = suggest(trial, self.spec)
         except SpecError as exc:
@@ -404,24 +431,24 @@ class StudyRunner:
                 on_verified=verifications.append,
                 head=params.head,
             )
-        except KeyboardInterrupt as exc:
-            with ignoring_stop_signals():  # a second signal must not cut the bookkeeping short (trial left RUNNING)
-                self.finish(trial, params, run_id, "interrupted", _interrupt_reason(exc))
-            raise
+        except KeyboardInterrupt:
+            raise  # recorded as interrupted by _run_one, wherever it lands
         except BaseException as exc:  # SystemExit & co. from user code (a strategy hook) fail the trial, not the study
             if not isinstance(exc, (TrialDiverged, SweepsError, ValueError, RuntimeError, MemoryError)):
                 log.exception("trial %s raised", trial.number)
-            return self.finish(trial, params, run_id, "failed", _failure_reason(exc), verifications=verifications)
+            reason = _failure_reason(exc)
+            return self.finish(trial, params.strategy, run_id, "failed", reason, verifications=verifications)
         if isinstance(outcome, Stopped):
             return self.finish(
-                trial, params, run_id, "pruned", outcome.reason, epochs=observer.epochs, verifications=verifications
+                trial, params.strategy, run_id, "pruned", outcome.reason, epochs=observer.epochs,
+                verifications=verifications,
             )
         return self._complete(trial, params, run_id, outcome)
 
     def finish(
         self,
         trial: optuna.Trial,
-        params: TrialParams,
+        strategy: str,
         run_id: str | None,
         how: str,
         reason: str,
@@ -458,7 +485,7 @@ class StudyRunner:
             self.say(f"trial {trial.number}: pruned ({reason})")
         elif how == "failed":
             self.say(f"trial {trial.number}: FAILED: {reason}")
-        return TrialReport(trial.number, how, params.strategy, None, reason=reason)
+        return TrialReport(trial.number, how, strategy, None, reason=reason)
 
     def _complete(
         self, trial: optuna.Trial, params: TrialParams, run_id: str | None, outcome: TrialOutcome
