@@ -131,6 +131,7 @@ def study_yaml(
             "cache": cache,
             "cache_dtype": "float16",
             "max_grad_norm": 1.0,
+            "precision": "fp32",  # as the Trainer side runs, on a GPU too (where ``auto`` would be bf16)
         },
         "strategies": [{"name": s} for s in ("none", "embeddings", "bottom_n", "discriminative")],
         "optuna": {"n_trials": 1},

@@ -217,7 +217,7 @@ class TrainingConfig(_Model):
     warmup_ratio: SearchableWarmup = 0.0
     grad_accum_steps: Annotated[int, Ge(1)] = 1
     max_grad_norm: Annotated[Float, Gt(0)] | None = 1.0
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a bf16 GPU, else fp32
     device: str = "auto"
     seed: Annotated[int, Ge(0), Lt(2**32)] = 42
     num_threads: Annotated[int, Ge(1)] | None = None

@@ -335,6 +335,7 @@ class StudyRunner:
     def _start(self, trial: optuna.Trial) -> TrialReport | None:
         """Sample the trial's parameters, open its MLflow run and train it (or skip it as a duplicate)."""
         from sweeps.study.suggest import suggest
+        from sweeps.train.context import resolve_precision
 
         try:
             params = suggest(trial, self.spec)
@@ -346,6 +347,9 @@ class StudyRunner:
         seed = confirmation_seed(trial)
         if seed is not None:
             params.training = params.training.model_copy(update={"seed": seed})
+        if self.ctx is not None:  # logged, keyed and trained at the precision it actually runs at
+            precision = resolve_precision(params.training.precision, self.ctx.device)
+            params.training = params.training.model_copy(update={"precision": precision})
         trial.set_user_attr(TrialAttr.SEED, params.training.seed)
         key = params.config_key()
         trial.set_user_attr(TrialAttr.CONFIG_KEY, key)

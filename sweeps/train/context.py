@@ -32,6 +32,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``training.precision: auto`` for ``device``: bf16 autocast on a CUDA GPU that computes bf16 natively (Ampere and
+    later), fp32 everywhere else. Not fp16 on older GPUs (T4, V100): models that overflow in fp16 would fail their
+    trials as diverged, a verdict about the hardware rather than the strategy; set ``fp16`` there explicitly. Not bf16
+    on CPU, where it is rarely faster and would change every CPU result. Any other value is returned as given."""
+    if name != "auto":
+        return name
+    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
+        return "bf16"
+    return "fp32"
+
+
 def layer_spec(spec: StudySpec | None) -> LayerSpec | None:
     """The study file's ``layers:`` section as a :class:`LayerSpec` (None: discover)."""
     section = spec.layers if spec is not None else None

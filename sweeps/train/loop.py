@@ -113,6 +113,8 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     """bf16/fp16 autocast on CUDA (bf16 also on CPU); fp32 is a no-op."""
     if precision == "fp32":
         return contextlib.nullcontext()
+    if precision not in ("bf16", "fp16"):  # "auto" is resolved for the device first (train.context.resolve_precision)
+        raise ValueError(f"training.precision: {precision!r} is not a compute precision (fp32, bf16, fp16)")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     if device.type == "cpu" and dtype is torch.float16:
         raise ValueError("training.precision: fp16 needs CUDA; use bf16 or fp32 on CPU")

@@ -39,7 +39,7 @@ from sweeps.errors import SpecError
 from sweeps.metrics import BEST_EPOCH_METRICS, classification_metrics, confusion
 from sweeps.phases import FREEZE_CHECK, SETUP, timed
 from sweeps.records import activation_cache_dir
-from sweeps.train.context import StudyContext, layer_spec
+from sweeps.train.context import StudyContext, layer_spec, resolve_precision
 from sweeps.train.forward import DirectForward, ForwardRunner
 from sweeps.train.loop import EpochObserver, EpochResult, LoopConfig, LoopResult, TrainingLoop
 from sweeps.train.memory import PeakMemory
@@ -225,7 +225,7 @@ def train_once(
         max_grad_norm=training.max_grad_norm,
         scheduler=training.scheduler,
         warmup_ratio=training.warmup_ratio,
-        precision=training.precision,
+        precision=resolve_precision(training.precision, ctx.device),
         seed=training.seed,
         early_stopping_patience=training.early_stopping_patience,
         metric=ctx.spec.task.metric,
