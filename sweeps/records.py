@@ -28,6 +28,7 @@ class TrialAttr:
     FROZEN_VERIFIED = "frozen_params_verified"
     METRIC_PREFIX = "metric."  # final metrics: ``metric.accuracy``, ...
     SEED = "seed"  # the training.seed the trial trained with
+    PRECISION = "precision"  # the compute precision it trained at (``auto`` resolved on its machine)
     CONFIG_KEY = "config_key"  # hash of everything it trained with: equal keys train the same model
     DUPLICATE_OF = "duplicate_of"  # not trained: the same configuration as that completed trial
     CONFIRM_OF = "confirm_of"  # confirmation phase: retrains that search trial's configuration ...

@@ -68,3 +68,33 @@ def test_a_default_study_logs_the_precision_its_trials_ran_at(tmp_path: Path) ->
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     run = client.get_run(first.user_attrs["mlflow_run_id"])
     assert run.data.params["training.precision"] == "fp32"
+
+
+def test_a_retrain_uses_the_precision_the_trial_ran_at(tmp_path: Path) -> None:
+    """A study with ``auto`` run on a bf16 GPU, predicted from on this CPU: the retrain trains at bf16, as the trial
+    did, rather than calling the configuration changed (``auto`` would mean fp32 here)."""
+    import optuna
+
+    from sweeps.config import load_spec
+    from sweeps.errors import SweepsError
+    from sweeps.study.retrain import _params_of
+    from sweeps.study.suggest import suggest
+
+    model, data = make_tiny_model(tmp_path / "model"), make_dataset(tmp_path / "data", n_train=32, n_validation=16)
+    spec = load_spec(write_study(tmp_path / "study.yaml", model, data))
+    assert spec.training.precision == "auto"
+    params = suggest(optuna.trial.FixedTrial({"strategy": "none", "none.training.learning_rate": 5e-3}), spec)
+    params.training = params.training.model_copy(update={"precision": "bf16"})
+    key = params.config_key()
+
+    def trial(attrs: dict[str, object]) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(
+            params={"strategy": "none", "none.training.learning_rate": 5e-3},
+            distributions={"strategy": optuna.distributions.CategoricalDistribution(["none", "bottom_n"]),
+                           "none.training.learning_rate": optuna.distributions.FloatDistribution(4e-3, 6e-3)},
+            value=0.5, user_attrs={"config_key": key, **attrs},
+        )
+
+    assert _params_of(spec, trial({"precision": "bf16"})).training.precision == "bf16"
+    with pytest.raises(SweepsError, match="no longer what the study file describes"):
+        _params_of(spec, trial({}))  # no record: a trial from before ``auto``, which ran at fp32

@@ -121,6 +121,9 @@ def _params_of(spec: StudySpec, trial: FrozenTrial) -> TrialParams:
     seed = trial.user_attrs.get(TrialAttr.SEED)
     if seed is not None:
         params.training = params.training.model_copy(update={"seed": int(seed)})
+    if params.training.precision == "auto":  # as it ran, on whatever machine retrains it (fp32: trials older than auto)
+        ran_at = str(trial.user_attrs.get(TrialAttr.PRECISION, "fp32"))
+        params.training = params.training.model_copy(update={"precision": ran_at})
     recorded = trial.user_attrs.get(TrialAttr.CONFIG_KEY)
     if recorded is not None and recorded != params.config_key():
         raise SweepsError(

@@ -350,6 +350,7 @@ class StudyRunner:
         if self.ctx is not None:  # logged, keyed and trained at the precision it actually runs at
             precision = resolve_precision(params.training.precision, self.ctx.device)
             params.training = params.training.model_copy(update={"precision": precision})
+            trial.set_user_attr(TrialAttr.PRECISION, precision)
         trial.set_user_attr(TrialAttr.SEED, params.training.seed)
         key = params.config_key()
         trial.set_user_attr(TrialAttr.CONFIG_KEY, key)
