@@ -6,7 +6,7 @@ script runs with ``--smoke`` (a tiny BERT built from a config and generated data
 ``../shared/data``) from a folder outside the project, with its paths given relative to that folder, the way the
 documented commands pass ``--data ../shared/data/sst2``: they must resolve against the current directory.
 
-The three scripts are started together (a module fixture) and each test waits for its own, so the wall time is
+The scripts are started together (a module fixture) and each test waits for its own, so the wall time is
 closer to the slowest script than to the sum. Nothing is measured: the numbers of a smoke run mean nothing.
 """
 
@@ -37,6 +37,7 @@ SCRIPTS = {
     "bench_workers.py": ["--smoke", "--model", "../inputs/model", "--keep", "workers-out"],
     "bench_efficacy.py": ["--smoke", "--model", "../inputs/model", "--data", "../inputs/data", "--out", "eff-out"],
     "bench_study_cost.py": ["--smoke", "--model", "../inputs/model", "--data", "../inputs/data", "--out", "cost-out"],
+    "bench_batched_tops.py": ["--smoke", "--model", "../inputs/model", "--data", "../inputs/data", "--out", "tops-out"],
 }
 
 
@@ -190,3 +191,15 @@ def test_bench_study_cost_smoke(runs: dict[str, Run]) -> None:
     assert len(results["default"]["trials"]) == 1
     assert "x (a)" in run.stdout and "per-trial fixed overhead" in run.stdout, run.stdout
     assert "one completed trial per strategy" in run.stdout and "recommendation (d)" in run.stdout, run.stdout
+
+
+def test_bench_batched_tops_smoke(runs: dict[str, Run]) -> None:
+    """Nothing is timed here, but the exactness check is real even on the tiny BERT: K tops trained side by side in
+    one vmapped pass end where the same tops trained one by one end."""
+    run = runs["bench_batched_tops.py"].check()
+    results = json.loads((run.cwd / "tops-out" / "results.json").read_text())
+    assert [d["depth"] for d in results["depths"]] == [4, 6] and len(results["lrs"]) == 4
+    for row in results["depths"]:
+        assert row["max_logit_diff"] < 1e-4 and row["same_accuracy"] is True, row
+        assert row["ratio_median"] > 0 and len(row["repeats"]) == 1, row
+    assert results["depths"][1]["trainable_blocks"] == 0, "the model's depth: head only"
