@@ -38,6 +38,7 @@ SCRIPTS = {
     "bench_efficacy.py": ["--smoke", "--model", "../inputs/model", "--data", "../inputs/data", "--out", "eff-out"],
     "bench_study_cost.py": ["--smoke", "--model", "../inputs/model", "--data", "../inputs/data", "--out", "cost-out"],
     "bench_batched_tops.py": ["--smoke", "--model", "../inputs/model", "--data", "../inputs/data", "--out", "tops-out"],
+    "bench_eval_order.py": ["--smoke", "--model", "../inputs/model", "--data", "../inputs/data", "--out", "eval-out"],
 }
 
 
@@ -203,3 +204,11 @@ def test_bench_batched_tops_smoke(runs: dict[str, Run]) -> None:
         assert row["max_logit_diff"] < 1e-4 and row["same_accuracy"] is True, row
         assert row["ratio_median"] > 0 and len(row["repeats"]) == 1, row
     assert results["depths"][1]["trainable_blocks"] == 0, "the model's depth: head only"
+
+
+def test_bench_eval_order_smoke(runs: dict[str, Run]) -> None:
+    """Longest-first evaluation, put back in split order, predicts what split-order evaluation predicts."""
+    run = runs["bench_eval_order.py"].check()
+    results = json.loads((run.cwd / "eval-out" / "results.json").read_text())
+    assert results["rows"] == 32 and results["same_predictions"] is True and results["max_prob_diff"] < 1e-5, results
+    assert results["padded_tokens"]["longest_first"] <= results["padded_tokens"]["split_order"], results

@@ -201,7 +201,11 @@ class TrainingLoop:
         runner: ForwardRunner | None = None,
         memory: PeakMemory | None = None,
         observer: EpochObserver | None = None,
+        eval_order: np.ndarray | None = None,
     ) -> None:
+        """``eval_order``: the eval split's index of each row ``eval_loader`` yields, when it does not yield them in
+        split order (batches of similar lengths, :func:`sweeps.train.trial.eval_order`); results come back in split
+        order either way."""
         self.model = model
         self.layer_map = layer_map
         self.strategy = strategy
@@ -213,6 +217,7 @@ class TrainingLoop:
         self.runner = runner or DirectForward()
         self.memory = memory or PeakMemory(device)
         self.observer = observer
+        self.eval_order = eval_order
         self.global_step = 0
         self._lr_sums: dict[str, float] = {}
         self._lr_steps = 0
@@ -387,6 +392,8 @@ class TrainingLoop:
         eval_loss = float(nn.functional.cross_entropy(logits, labels))
         probs = torch.softmax(logits, dim=-1).numpy()
         labels_np = labels.numpy()
+        if self.eval_order is not None:  # back to split order: the rows are matched to example ids by position
+            probs[self.eval_order], labels_np[self.eval_order] = probs.copy(), labels_np.copy()
         metrics = classification_metrics(labels_np, probs.argmax(-1), probs.shape[1])
         metrics["eval_loss"] = eval_loss
         return metrics, probs, labels_np, time.perf_counter() - start

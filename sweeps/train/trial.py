@@ -79,8 +79,22 @@ class TrialOutcome:
     oof_index: np.ndarray | None = None  # example ids of eval_probs rows (CV: out-of-fold order)
 
 
-def _loader(ctx: StudyContext, ds: Any, batch_size: int, shuffle: bool, seed: int, group_by_length: bool) -> DataLoader:
-    """A training (``shuffle``) or evaluation loader; image tasks have no lengths to group by."""
+def eval_order(ds: Any) -> np.ndarray | None:
+    """The order the evaluation rows are batched in: longest first, so each batch pads to lengths close to its own
+    rows' rather than to the longest of a random handful (evaluation is every epoch of every trial; the predictions
+    are the same up to float noise, and are put back in split order). Longest first also meets any out-of-memory
+    at the first batch. ``None`` (split order) without token lengths: image tasks."""
+    if "length" not in ds.column_names:
+        return None
+    return np.argsort(-np.asarray(ds["length"]), kind="stable")
+
+
+def _loader(
+    ctx: StudyContext, ds: Any, batch_size: int, shuffle: bool, seed: int, group_by_length: bool,
+    order: np.ndarray | None = None,
+) -> DataLoader:
+    """A training (``shuffle``) or evaluation loader (in ``order`` when given); image tasks have no lengths to group
+    by."""
     generator = torch.Generator().manual_seed(seed)
     columns = [c for c in ds.column_names if c not in ("text", "text_pair", "id", "length", "image_digest")]
     ds = ds.select_columns(columns)
@@ -92,6 +106,8 @@ def _loader(ctx: StudyContext, ds: Any, batch_size: int, shuffle: bool, seed: in
 
         lengths = [len(x) for x in ds["input_ids"]]
         return DataLoader(ds, sampler=LengthGroupedSampler(batch_size, lengths=lengths, generator=generator), **common)
+    if order is not None:
+        return DataLoader(ds, sampler=order.tolist(), **common)
     return DataLoader(ds, shuffle=shuffle, generator=generator, **common)
 
 
@@ -190,7 +206,8 @@ def train_once(
                 raise SpecError("training.gradient_checkpointing", what)
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         train_loader = _loader(ctx, train_ds, training.batch_size, True, training.seed, training.group_by_length)
-        eval_loader = _loader(ctx, eval_ds, training.eval_batch_size, False, training.seed, False)
+        order = eval_order(eval_ds)
+        eval_loader = _loader(ctx, eval_ds, training.eval_batch_size, False, training.seed, False, order)
         # the eval loader, not the train loader: drawing a batch from the shuffled loader would move its generator
         unused = probe_unused(model, next(iter(eval_loader)), ctx.device)
         optimizer_kwargs: dict[str, Any] = {}
@@ -244,6 +261,7 @@ def train_once(
         runner=runner,
         memory=memory,
         observer=observer,
+        eval_order=order,
     )
     memory.reset()
     try:
