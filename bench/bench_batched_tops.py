@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_trainer import MODEL, cli_model, cli_path, smoke_inputs  # noqa: E402
+from bench_trainer import MODEL, bench_inputs, cli_model, cli_path  # noqa: E402
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # prefix output, additive attention mask, labels
 
@@ -181,11 +181,7 @@ def main() -> None:
     args.repeats = args.repeats or (1 if args.smoke else 3)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    if args.smoke:
-        given = None if args.model == MODEL else args.model
-        args.model, args.data = smoke_inputs(args.out / "inputs", args.data, given)
-    if args.data is None:
-        parser.error("--data is required (or --smoke)")
+    bench_inputs(parser, args)
 
     from sweeps.train.models import load_classifier, load_tokenizer, resolve_model
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_trainer import MODEL, cli_model, cli_path, smoke_inputs  # noqa: E402
+from bench_trainer import MODEL, bench_inputs, cli_model, cli_path  # noqa: E402
 
 
 @torch.inference_mode()
@@ -60,14 +60,10 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: runs every step, measures nothing")
     args = parser.parse_args()
     args.repeats = args.repeats or (1 if args.smoke else 5)
+    args.rows = args.rows or (32 if args.smoke else None)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    if args.smoke:
-        given = None if args.model == MODEL else args.model
-        args.model, args.data = smoke_inputs(args.out / "inputs", args.data, given)
-        args.rows = args.rows or 32
-    if args.data is None:
-        parser.error("--data is required (or --smoke)")
+    bench_inputs(parser, args)
 
     from datasets import Dataset
 

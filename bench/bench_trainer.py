@@ -90,6 +90,17 @@ def smoke_inputs(folder: Path, data: Path | None = None, model: str | None = Non
     return model, data or smoke_data(folder / "data")
 
 
+def bench_inputs(parser: Any, args: Any) -> None:
+    """``args.model`` and ``args.data`` of a bench script with ``--smoke``, ``--model`` (default :data:`MODEL`) and
+    ``--data``: with ``--smoke`` the tiny inputs of :func:`smoke_inputs` where not given; without it ``--data`` is
+    required."""
+    if args.smoke:
+        given = None if args.model == MODEL else args.model
+        args.model, args.data = smoke_inputs(args.out / "inputs", args.data, given)
+    if args.data is None:
+        parser.error("--data is required (or --smoke)")
+
+
 def cli_model(value: str) -> str:
     """``--model``: an existing local path is made absolute against the current directory; anything else (a hub id,
     ``package:NAME``) is passed on as written."""

@@ -28,19 +28,27 @@ def install_stop_handlers() -> None:
 
 
 @contextlib.contextmanager
-def ignoring_stop_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM ignored inside the block (main thread only; elsewhere signals cannot be set and none
-    arrive): a second Ctrl-C, or the SIGTERM that follows a Ctrl-C, must not cut bookkeeping short."""
+def _stop_handler(handler: Any) -> Iterator[bool]:
+    """``handler`` for SIGINT and SIGTERM inside the block, the previous handlers back after it. Yields whether it
+    was installed: signals can only be set in the main thread, and elsewhere none arrive."""
     try:
-        previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     except ValueError:  # not the main thread
-        yield
+        yield False
         return
     try:
-        yield
+        yield True
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+@contextlib.contextmanager
+def ignoring_stop_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored inside the block (main thread only): a second Ctrl-C, or the SIGTERM that follows a
+    Ctrl-C, must not cut bookkeeping short."""
+    with _stop_handler(signal.SIG_IGN):
+        yield
 
 
 @contextlib.contextmanager
@@ -50,19 +58,9 @@ def deferring_stop_signals() -> Iterator[None]:
     process, are never split by Ctrl-C: a trial left RUNNING without its pid is recovered only after the grace period,
     and as a dead worker's rather than as interrupted. Main thread only, like :func:`ignoring_stop_signals`."""
     arrived: list[int] = []
-
-    def remember(signum: int, _frame: Any) -> None:
-        arrived.append(signum)
-
     try:
-        previous = {s: signal.signal(s, remember) for s in STOP_SIGNALS}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
+        with _stop_handler(lambda signum, _frame: arrived.append(signum)):
+            yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
         if arrived:
             signal.raise_signal(arrived[0])

@@ -97,18 +97,18 @@ def _loader(
     by."""
     generator = torch.Generator().manual_seed(seed)
     columns = [c for c in ds.column_names if c not in ("text", "text_pair", "id", "length", "image_digest")]
-    ds = ds.select_columns(columns)
+    rows = ds.select_columns(columns)
     # page-locked batches on CUDA: the loop's non-blocking copy to the GPU then overlaps the step
     common = {"batch_size": batch_size, "collate_fn": ctx.collator_for(train=shuffle, seed=seed),
               "pin_memory": ctx.device.type == "cuda"}
-    if shuffle and group_by_length and "input_ids" in columns:
+    if shuffle and group_by_length and "length" in ds.column_names:  # tokenised at load time: no image task
         from transformers.trainer_pt_utils import LengthGroupedSampler
 
-        lengths = [len(x) for x in ds["input_ids"]]
-        return DataLoader(ds, sampler=LengthGroupedSampler(batch_size, lengths=lengths, generator=generator), **common)
+        sampler = LengthGroupedSampler(batch_size, lengths=ds["length"], generator=generator)
+        return DataLoader(rows, sampler=sampler, **common)
     if order is not None:
-        return DataLoader(ds, sampler=order.tolist(), **common)
-    return DataLoader(ds, shuffle=shuffle, generator=generator, **common)
+        return DataLoader(rows, sampler=order.tolist(), **common)
+    return DataLoader(rows, shuffle=shuffle, generator=generator, **common)
 
 
 def _make_runner(
