@@ -5,7 +5,7 @@ model source and device.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from sweeps.records import tokenized_cache_dir
 from sweeps.train.custom_models import FactorySource, build_custom, is_custom, resolve_factory, save_custom
 from sweeps.train.image_models import load_image_processor, resolve_modality
 from sweeps.train.models import ModelSource, load_classifier, load_tokenizer, resolve_model
+from sweeps.train.unused import UnusedProbes
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,6 +88,7 @@ class StudyContext:
     collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
     modality: str = "text"
     augment: bool = False  # task.data.augment: training batches of an image task are augmented
+    unused_probes: UnusedProbes = field(default_factory=UnusedProbes)  # one probe per distinct model build
 
     @classmethod
     def prepare(cls, spec: StudySpec, output: Path, dataframe: Any = None) -> StudyContext:

@@ -43,7 +43,7 @@ from sweeps.train.context import StudyContext, layer_spec, resolve_precision
 from sweeps.train.forward import DirectForward, ForwardRunner
 from sweeps.train.loop import EpochObserver, EpochResult, LoopConfig, LoopResult, TrainingLoop
 from sweeps.train.memory import PeakMemory
-from sweeps.train.unused import annotate_unused, probe_unused, unused_text
+from sweeps.train.unused import annotate_unused, unused_text
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,8 @@ def train_once(
         order = eval_order(eval_ds)
         eval_loader = _loader(ctx, eval_ds, training.eval_batch_size, False, training.seed, False, order)
         # the eval loader, not the train loader: drawing a batch from the shuffled loader would move its generator
-        unused = probe_unused(model, next(iter(eval_loader)), ctx.device)
+        build = {"head": head, "seed": training.seed, "checkpointing": training.gradient_checkpointing}
+        unused = ctx.unused_probes(model, next(iter(eval_loader)), ctx.device, build)
         optimizer_kwargs: dict[str, Any] = {}
         if training.optimizer == "sgd":
             optimizer_kwargs["momentum"] = training.momentum
