@@ -4,6 +4,7 @@ rows, and a study whose trials all exclude the pooler their mean-pooling head ne
 
 from __future__ import annotations
 
+import gc
 import json
 import uuid
 from pathlib import Path
@@ -85,6 +86,7 @@ def test_every_trial_of_a_study_excludes_the_unused_pooler_from_one_probe(tmp_pa
     out = tmp_path / "out"
     assert main(["run", str(study), "--output", str(out)]) == 0
     assert len(calls) == 1  # three trials, one model build: one probe
+    assert gc.get_freeze_count() == 0  # the study froze the heap it started with (sweeps.train.heap), and let it go
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny").experiment_id

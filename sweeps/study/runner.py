@@ -152,6 +152,12 @@ class StudyRunner:
             self.say(f"recovered trials {recovered} left running by a dead worker: marked failed")
         if self.ctx is None:
             self.prepare()
+        from sweeps.train import frozen_heap
+
+        with frozen_heap():  # what is loaded by now lives until the end: per-trial collections skip it
+            return self._run_trials()
+
+    def _run_trials(self) -> list[TrialReport]:
         self._cover_strategies()
         n_trials = self.spec.optuna.n_trials
         deadline = time.monotonic() + self.spec.optuna.timeout if self.spec.optuna.timeout else None

@@ -6,13 +6,13 @@ MLflow.
 """
 
 from sweeps.train.context import StudyContext, layer_spec, resolve_device
+from sweeps.train.heap import frozen_heap, release_memory
 from sweeps.train.loop import EpochObserver, EpochResult, LoopConfig, LoopResult, TrainingLoop, TrialDiverged
 from sweeps.train.trial import (
     Stopped,
     TrialObserver,
     TrialOutcome,
     check_strategy,
-    release_memory,
     run_trial,
     train_once,
 )
@@ -29,6 +29,7 @@ __all__ = [
     "TrialObserver",
     "TrialOutcome",
     "check_strategy",
+    "frozen_heap",
     "layer_spec",
     "release_memory",
     "resolve_device",

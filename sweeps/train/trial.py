@@ -10,7 +10,6 @@ returns a reason: it then returns :class:`Stopped`. It never decides on pruning 
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from sweeps.phases import FREEZE_CHECK, SETUP, timed
 from sweeps.records import activation_cache_dir
 from sweeps.train.context import StudyContext, layer_spec, resolve_precision
 from sweeps.train.forward import DirectForward, ForwardRunner
+from sweeps.train.heap import release_memory
 from sweeps.train.loop import EpochObserver, EpochResult, LoopConfig, LoopResult, TrainingLoop
 from sweeps.train.memory import PeakMemory
 from sweeps.train.unused import annotate_unused, unused_text
@@ -300,13 +300,6 @@ def _report_verification(controller: FreezeController, on_verified: Callable[[bo
     except Exception:
         return
     on_verified(verified)
-
-
-def release_memory(device: torch.device) -> None:
-    """Drop the previous trial's tensors before the next starts (a long study must not creep up)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def _final_metrics(result: LoopResult) -> dict[str, float]:
