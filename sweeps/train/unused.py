@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from strategies import LayerMap, find_unused_parameters, unused_by_group
+from strategies import LayerMap, checksum, find_unused_parameters, unused_by_group
 from sweeps.data.batch import logits_of, model_inputs
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,7 @@ def _probe_key(batch: dict[str, torch.Tensor], build: dict[str, Any]) -> str:
     for name in sorted(batch):
         value = batch[name]
         if isinstance(value, torch.Tensor):
-            digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
-            digest.update(value.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy())
+            digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}:{checksum([value])}".encode())
         else:
             digest.update(f"{name}:{value!r}".encode())
     return digest.hexdigest()
